@@ -1,0 +1,1 @@
+"""Pure tensor-network math on arrays and pytrees: no Flax, no I/O."""
