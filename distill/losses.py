@@ -1,0 +1,45 @@
+"""Distillation losses and the metrics that compare a student with its teacher.
+
+All functions take logits (B, o) and integer labels (B,) and return batch means unless the
+name says per-sample.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean CE(y, softmax(z)); logits (B, o), labels (B,) int."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def kl_per_sample(teacher_logits: jax.Array, student_logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """KL(softmax(z_t/τ) ‖ softmax(z_s/τ)) per sample, (B,); 0 exactly when the softmaxes agree."""
+    log_p = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+    log_q = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+    return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array, *,
+            temperature: float, alpha: float) -> jax.Array:
+    """Hinton et al. (2015): α·τ²·KL(p_t^τ ‖ p_s^τ) + (1−α)·CE(y, z_s).
+
+    The τ² keeps the soft-target gradient on the same scale as the hard-label one as τ grows.
+    """
+    soft = kl_per_sample(teacher_logits, student_logits, temperature).mean() * temperature**2
+    if alpha == 1.0:  # skip the label term (and its cost) when it has no weight
+        return soft
+    return alpha * soft + (1.0 - alpha) * cross_entropy(student_logits, labels)
+
+
+def accuracy(logits: jax.Array | "np.ndarray", labels) -> float:  # noqa: F821
+    """Fraction of argmax(logits) == labels."""
+    return float(jnp.mean(jnp.argmax(logits, axis=-1) == labels))
+
+
+def agreement(student_logits, teacher_logits) -> float:
+    """Fraction of samples where student and teacher predict the same class."""
+    return float(jnp.mean(jnp.argmax(student_logits, axis=-1) == jnp.argmax(teacher_logits, axis=-1)))

@@ -1,0 +1,217 @@
+"""One experiment from config to run folder: data → teacher → student → results.
+
+`run(cfg, out)` is the whole job behind `distill run`; `train_teacher(cfg, out)` the one
+behind `distill teacher`. A run folder is built under a hidden staging name and renamed
+into place only when complete, so a failed or interrupted run leaves no half-written folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flax import nnx
+
+from distill import report, teachers, train
+from distill.config import Config, dump_yaml
+from distill.data import Dataset, downsample, load_dataset, site_order
+from distill.errors import DistillError
+from distill.layers import MPS, param_count
+
+LATENCY_BATCHES = (1, 256)
+
+
+def default_run_dir(cfg: Config, suffix: str = "") -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{cfg.name}{suffix}"
+
+
+@contextlib.contextmanager
+def staged_dir(final: Path):
+    """Yield a fresh staging folder; on success rename it to `final`, on failure delete it."""
+    final = Path(final)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise DistillError(f"output folder {str(final)!r} already exists and is not empty; choose another --out")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if final.exists():
+        final.rmdir()  # empty, checked above
+    os.replace(staging, final)
+
+
+def load_data(cfg: Config) -> Dataset:
+    d = cfg.data
+    return load_dataset(d.name, data_dir=d.data_dir, downsample=d.downsample, val_fraction=d.val_fraction,
+                        train_fraction=d.train_fraction, seed=cfg.seed)
+
+
+def _teacher_settings(cfg: Config) -> train.TrainSettings:
+    t = cfg.teacher
+    return train.TrainSettings(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
+                               schedule=t.schedule, seed=cfg.seed)
+
+
+def _student_settings(cfg: Config) -> train.TrainSettings:
+    d = cfg.distill
+    return train.TrainSettings(epochs=d.epochs, batch_size=d.batch_size, lr=d.lr, weight_decay=d.weight_decay,
+                               schedule=d.schedule, grad_clip=d.grad_clip, seed=cfg.seed + 1)
+
+
+def _teacher_metadata(cfg: Config, data: Dataset) -> dict:
+    """What a saved teacher must agree on with the config that loads it."""
+    return {"dataset": data.name, "downsample": cfg.data.downsample, "image_shape": list(data.image_shape)}
+
+
+def fit_teacher(cfg: Config, data: Dataset, progress: bool = True) -> tuple[teachers.MLP, dict | None]:
+    """A freshly trained teacher (and its training history) as the config describes it."""
+    model = teachers.MLP(data.n_features, cfg.teacher.hidden, data.num_classes,
+                         activation=cfg.teacher.activation, rngs=nnx.Rngs(cfg.seed))
+    hist = train.train_classifier(model, data.x_train, data.y_train, data.x_val, data.y_val,
+                                  _teacher_settings(cfg), desc="teacher", progress=progress)
+    return model, hist.as_dict()
+
+
+def get_teacher(cfg: Config, data: Dataset, progress: bool = True) -> tuple[teachers.MLP, dict | None, str]:
+    """Load the checkpoint named in the config (checked against it), or train a new teacher."""
+    if cfg.teacher.checkpoint is None:
+        model, hist = fit_teacher(cfg, data, progress)
+        return model, hist, "trained"
+    expected = {**teachers_spec(cfg, data), **_teacher_metadata(cfg, data)}
+    model, _ = teachers.load_teacher(cfg.teacher.checkpoint, expected=expected)
+    return model, None, f"loaded from {cfg.teacher.checkpoint}"
+
+
+def teachers_spec(cfg: Config, data: Dataset) -> dict:
+    return {"in_features": data.n_features, "hidden": list(cfg.teacher.hidden), "n_classes": data.num_classes,
+            "activation": cfg.teacher.activation}
+
+
+@dataclass(frozen=True)
+class StudentInputs:
+    """The student's view of the data: the teacher's pixels, pooled by student.downsample."""
+
+    x_train: np.ndarray  # (N_train, n_sites)
+    x_val: np.ndarray
+    x_test: np.ndarray
+    image_shape: tuple[int, int]
+
+    @property
+    def n_sites(self) -> int:
+        return self.image_shape[0] * self.image_shape[1]
+
+
+def student_inputs(cfg: Config, data: Dataset) -> StudentInputs:
+    k = cfg.student.downsample
+    (x_train, shape), (x_val, _), (x_test, _) = (downsample(x, data.image_shape, k)
+                                                 for x in (data.x_train, data.x_val, data.x_test))
+    return StudentInputs(x_train, x_val, x_test, shape)
+
+
+def build_student(cfg: Config, inputs: StudentInputs, num_classes: int) -> MPS:
+    s = cfg.student
+    return MPS(inputs.n_sites, num_classes, bond_dim=s.bond_dim, feature_map=s.feature_map,
+               feature_dim=s.feature_dim, output_site=s.output_site, init_std=s.init_std,
+               site_order=site_order(inputs.image_shape, cfg.data.ordering), rngs=nnx.Rngs(cfg.seed + 1))
+
+
+def describe_student(cfg: Config, inputs: StudentInputs) -> str:
+    s = cfg.student
+    n = inputs.n_sites
+    k = s.output_site if s.output_site is not None else n // 2
+    h, w = inputs.image_shape
+    return (f"MPS over {n} sites ({h}×{w} pixels, {cfg.data.ordering} order), {s.feature_map} map d={s.feature_dim}, "
+            f"bond dimension χ={s.bond_dim}, output core after site {k}")
+
+
+def _latencies(model: nnx.Module, n_features: int) -> dict[str, float]:
+    return {str(b): train.latency_ms(model, n_features, b) for b in LATENCY_BATCHES}
+
+
+def _dataset_summary(data: Dataset) -> dict:
+    return {"name": data.name, "image_shape": list(data.image_shape), "n_train": int(len(data.y_train)),
+            "n_val": int(len(data.y_val)), "n_test": int(len(data.y_test)), "num_classes": data.num_classes}
+
+
+def run(cfg: Config, out: str | Path | None = None, progress: bool = True) -> tuple[Path, dict]:
+    """Distil end to end; returns (run folder, results). Writes config.yaml, results.json,
+    report.md, training_curves.png, teacher/ (when trained here) and student/ checkpoints."""
+    t0 = time.perf_counter()
+    final = Path(out) if out is not None else default_run_dir(cfg)
+    config_yaml = dump_yaml(cfg)
+    with staged_dir(final) as work:
+        report.write_atomic(work / "config.yaml", config_yaml)
+        data = load_data(cfg)
+        teacher, teacher_hist, source = get_teacher(cfg, data, progress)
+        if teacher_hist is not None:
+            teachers.save_teacher(teacher, work / "teacher", _teacher_metadata(cfg, data))
+        t_train, t_test = (teachers.frozen_logits(teacher, x) for x in (data.x_train, data.x_test))
+        teacher_acc = train.losses.accuracy(t_test, data.y_test)
+
+        xs = student_inputs(cfg, data)
+        student = build_student(cfg, xs, data.num_classes)
+        s_hist = train.end_to_end(student, xs.x_train, t_train, data.y_train, xs.x_val, data.y_val,
+                                  _student_settings(cfg), temperature=cfg.distill.temperature,
+                                  alpha=cfg.distill.alpha, desc="student", progress=progress)
+        teachers.save_state(student, work / "student")
+        ev = train.evaluate(train.predict(student, xs.x_test), t_test, data.y_test)
+
+        t_params, s_params = param_count(teacher), param_count(student)
+        drop = 100.0 * (teacher_acc - ev.accuracy)
+        results = {
+            "name": cfg.name,
+            "dataset": _dataset_summary(data),
+            "teacher": {"accuracy": teacher_acc, "params": t_params, "source": source,
+                        "hidden": list(cfg.teacher.hidden), "latency_ms": _latencies(teacher, data.n_features),
+                        "history": teacher_hist},
+            "student": {"accuracy": ev.accuracy, "params": s_params, "agreement": ev.agreement, "kl": ev.kl,
+                        "description": describe_student(cfg, xs), "best_epoch": s_hist.best_epoch,
+                        "latency_ms": _latencies(student, xs.n_sites), "history": s_hist.as_dict()},
+            "compression_ratio": t_params / s_params,
+            "accuracy_drop_pts": drop,
+            "lossless": bool(drop <= 1.0),
+            "wall_time_s": None,
+        }
+        curves = {"student (KD)": s_hist.as_dict()}
+        if teacher_hist is not None:
+            curves = {"teacher": teacher_hist, **curves}
+        report.plot_curves(work / "training_curves.png", curves)
+        results["wall_time_s"] = time.perf_counter() - t0
+        report.write_json(work / "results.json", results)
+        report.write_atomic(work / "report.md", report.markdown_report(results, config_yaml))
+    return final, results
+
+
+def train_teacher(cfg: Config, out: str | Path | None = None, progress: bool = True) -> tuple[Path, dict]:
+    """Train and save only the teacher: <out>/teacher is the checkpoint for `teacher.checkpoint`."""
+    t0 = time.perf_counter()
+    final = Path(out) if out is not None else default_run_dir(cfg, "-teacher")
+    config_yaml = dump_yaml(cfg)
+    with staged_dir(final) as work:
+        report.write_atomic(work / "config.yaml", config_yaml)
+        data = load_data(cfg)
+        model, hist = fit_teacher(cfg, data, progress)
+        acc = train.losses.accuracy(teachers.frozen_logits(model, data.x_test), data.y_test)
+        meta = {**_teacher_metadata(cfg, data), "test_accuracy": acc}
+        teachers.save_teacher(model, work / "teacher", meta)
+        results = {"name": cfg.name, "dataset": _dataset_summary(data),
+                   "teacher": {"accuracy": acc, "params": param_count(model), "hidden": list(cfg.teacher.hidden),
+                               "checkpoint": str(final / "teacher"), "history": hist},
+                   "wall_time_s": time.perf_counter() - t0}
+        report.plot_curves(work / "training_curves.png", {"teacher": hist})
+        report.write_json(work / "results.json", results)
+    return final, results
+
