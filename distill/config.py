@@ -70,11 +70,11 @@ class DataConfig:
 class TeacherConfig:
     """A dense MLP teacher: trained here, or loaded from `checkpoint` and kept frozen."""
 
-    hidden: tuple[int, ...] = field(default=(128,), metadata=_check(
+    hidden: tuple[int, ...] = field(default=(256, 256), metadata=_check(
         "a non-empty list of integers ≥ 1", lambda v: len(v) > 0 and all(h >= 1 for h in v)))
     activation: str = field(default="relu", metadata=_choice("relu", "tanh", "gelu", "sigmoid"))
     checkpoint: str | None = None  # a folder written by `distill teacher`; None = train one
-    epochs: int = field(default=30, metadata=_at_least(1))
+    epochs: int = field(default=60, metadata=_at_least(1))
     batch_size: int = field(default=64, metadata=_at_least(1))
     lr: float = field(default=1e-3, metadata=_positive())
     weight_decay: float = field(default=0.0, metadata=_check("a number ≥ 0", lambda v: v >= 0))
@@ -91,7 +91,7 @@ class StudentConfig:
     downsample: int = field(default=1, metadata=_at_least(1))
     feature_map: str = field(default="trig", metadata=_choice("trig", "poly"))
     feature_dim: int = field(default=2, metadata=_at_least(2))
-    bond_dim: int = field(default=10, metadata=_at_least(1))
+    bond_dim: int = field(default=8, metadata=_at_least(1))
     output_site: int | None = field(default=None, metadata=_at_least(1))  # None = middle
     init_std: float = field(default=0.01, metadata=_check("a number ≥ 0", lambda v: v >= 0))
 
@@ -102,7 +102,7 @@ class DistillConfig:
 
     temperature: float = field(default=4.0, metadata=_positive())
     alpha: float = field(default=0.9, metadata=_fraction(lo_open=False, hi_open=False))
-    epochs: int = field(default=20, metadata=_at_least(1))
+    epochs: int = field(default=100, metadata=_at_least(1))
     batch_size: int = field(default=64, metadata=_at_least(1))
     lr: float = field(default=1e-3, metadata=_positive())
     weight_decay: float = field(default=0.0, metadata=_check("a number ≥ 0", lambda v: v >= 0))
