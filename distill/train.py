@@ -109,7 +109,7 @@ def fit(model: nnx.Module, loss_fn: Callable[..., jax.Array], x_train: np.ndarra
 
         loss, grads = jax.value_and_grad(loss_of)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
+        return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
 
     rng = np.random.default_rng(settings.seed)
     hist = History()
