@@ -81,25 +81,50 @@ class TeacherConfig:
     schedule: str = field(default="cosine", metadata=_choice("constant", "cosine"))
 
 
+FAMILIES = ("mps", "mps_layers", "tt", "lowrank", "dense")
+MODES = ("end_to_end", "layerwise", "staged", "labels_only")
+
+
 @dataclass(frozen=True)
 class StudentConfig:
-    """The tensor-network student."""
+    """The student.
 
-    family: str = field(default="mps", metadata=_choice("mps"))
+    family: `mps` is one MPS over the input pixels that outputs the logits directly; the
+    others mirror the teacher: every hidden layer is replaced by a layer of that family
+    (`mps_layers` MPS layers, `tt` TT-matrix layers, `lowrank` W = A·B, `dense` a small
+    dense bottleneck) and the teacher's output layer is kept as a trainable dense head.
+    """
+
+    family: str = field(default="mps", metadata=_choice(*FAMILIES))
     # Extra k×k average pooling of the student's input on top of data.downsample: the teacher
     # keeps the full-resolution input while the MPS runs over fewer sites (28×28 → 14×14: 2).
     downsample: int = field(default=1, metadata=_at_least(1))
-    feature_map: str = field(default="trig", metadata=_choice("trig", "poly"))
+    # MPS families
+    feature_map: str = field(default="trig", metadata=_check("a registered feature-map name", lambda v: bool(v)))
     feature_dim: int = field(default=2, metadata=_at_least(2))
+    feature_params: dict = field(default_factory=dict)  # extra map parameters, e.g. {scale: 1.0}
+    pairing: str | None = field(default=None, metadata=_choice("neighbour", "random"))  # pairwise maps only
+    pairing_seed: int | None = field(default=None, metadata=_check("an integer ≥ 0", lambda v: v >= 0))
     bond_dim: int = field(default=8, metadata=_at_least(1))
     output_site: int | None = field(default=None, metadata=_at_least(1))  # None = middle
     init_std: float = field(default=0.01, metadata=_check("a number ≥ 0", lambda v: v >= 0))
+    # Factorised families (tt, lowrank) and the dense bottleneck
+    rank: int = field(default=8, metadata=_at_least(1))
+    tt_factors: int = field(default=4, metadata=_at_least(2))  # cores per TT layer (modes chosen automatically)
+    hidden_width: int = field(default=32, metadata=_at_least(1))  # dense family: in → width → out
+    warm_start: bool = True  # tt: TT-SVD of the teacher's W, lowrank: truncated SVD, head: teacher's
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """End-to-end distillation on the teacher's logits (Hinton et al. 2015)."""
+    """How the student learns: KD on logits (Hinton et al. 2015), layer by layer, or both.
 
+    mode: `end_to_end` KD on the teacher's logits; `layerwise` each student layer fits the
+    teacher's a^{l-1} → a^l (MSE); `staged` layerwise then end_to_end fine-tuning;
+    `labels_only` the same student trained on labels alone (the control).
+    """
+
+    mode: str = field(default="end_to_end", metadata=_choice(*MODES))
     temperature: float = field(default=4.0, metadata=_positive())
     alpha: float = field(default=0.9, metadata=_fraction(lo_open=False, hi_open=False))
     epochs: int = field(default=100, metadata=_at_least(1))
@@ -108,6 +133,26 @@ class DistillConfig:
     weight_decay: float = field(default=0.0, metadata=_check("a number ≥ 0", lambda v: v >= 0))
     schedule: str = field(default="cosine", metadata=_choice("constant", "cosine"))
     grad_clip: float | None = field(default=1.0, metadata=_positive())  # global norm; None = off
+    # layer-by-layer phase (modes layerwise and staged)
+    layer_target: str = field(default="post", metadata=_choice("post", "pre"))  # match post- or pre-activations
+    layer_epochs: int = field(default=10, metadata=_at_least(1))
+    layer_lr: float = field(default=1e-3, metadata=_positive())
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """`distill compare-maps`: the same student with each feature map, over several seeds.
+
+    Each entry of `maps` is a mapping with `name` plus that map's parameters, and optionally
+    `pairing` (neighbour | random) for pairwise maps, e.g. {name: fourier, order: 1}.
+    """
+
+    maps: tuple[dict, ...] = ()
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata=_check(
+        "a non-empty list of integers ≥ 0", lambda v: len(v) > 0 and all(s >= 0 for s in v)))
+    budget: str = field(default="params", metadata=_choice("params", "d_chi2"))  # what is held equal across maps
+    modes: tuple[str, ...] = field(default=("end_to_end",), metadata=_check(
+        "a non-empty list of end_to_end / layerwise", lambda v: len(v) > 0 and set(v) <= {"end_to_end", "layerwise"}))
 
 
 @dataclass(frozen=True)
@@ -120,6 +165,7 @@ class Config:
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
     distill: DistillConfig = DistillConfig()
+    compare: CompareConfig = CompareConfig()
 
 
 # --------------------------------------------------------------------------- building
@@ -133,21 +179,28 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is tuple:
         return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false",
+            dict: "a mapping"}.get(tp, str(tp))
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Return `value` as type `tp`, or raise a DistillError naming `key`."""
     origin = typing.get_origin(tp)
+    if tp is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise DistillError(f"config: {key} = {value!r} is not allowed: expected a mapping of names to values, "
+                               "e.g. {order: 2}")
+        return dict(value)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in typing.get_args(tp):
             return None
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
         return _coerce(key, value, inner[0])
     if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise DistillError(f"config: {key} = {value!r} is not allowed: expected {_type_name(tp)}, e.g. [64, 64]")
         (item,) = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        if not isinstance(value, (list, tuple)):
+            example = {int: "[64, 64]", dict: "[{name: trig}, {name: poly, degree: 2}]"}.get(item, "[...]")
+            raise DistillError(f"config: {key} = {value!r} is not allowed: expected {_type_name(tp)}, e.g. {example}")
         return tuple(_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value))
     if tp is float and isinstance(value, str):
         # YAML 1.1 reads '2e-3' (no dot) as a string; accept any spelling Python reads as a number.
