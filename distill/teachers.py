@@ -491,9 +491,10 @@ _STATE_FORMAT = "distill.state"
 
 
 def save_state(module: nnx.Module, path: str | Path, metadata: dict | None = None) -> None:
-    """Atomically save any nnx module's ``nnx.Param`` state (e.g. a trained student) to the
-    directory ``path`` (``params/`` via orbax + ``state.json``); restore it with
-    :func:`load_state` into a module built with the same architecture."""
+    """Atomically save any nnx module's whole state (e.g. a trained student) to the directory
+    ``path`` (``params/`` via orbax + ``state.json``); restore it with :func:`load_state` into a
+    module built with the same architecture. Non-trainable variables (a site order, pairing
+    partners, input scales) are saved too, so the checkpoint reproduces the module exactly."""
     if not isinstance(module, nnx.Module):
         raise DistillError(f"save_state expects an nnx.Module, got {type(module).__name__}")
     doc = {
@@ -511,13 +512,13 @@ def save_state(module: nnx.Module, path: str | Path, metadata: dict | None = Non
         ) from None
     path = Path(path).expanduser().absolute()
     _write_checkpoint_dir(
-        path, nnx.to_pure_dict(nnx.state(module, nnx.Param)), STATE_JSON, text, "model checkpoint"
+        path, nnx.to_pure_dict(nnx.state(module)), STATE_JSON, text, "model checkpoint"
     )
 
 
 def load_state(module: nnx.Module, path: str | Path) -> dict:
-    """Restore Params saved by :func:`save_state` into ``module`` in place (shapes, dtypes
-    and parameter paths must match); returns the stored metadata."""
+    """Restore the state saved by :func:`save_state` into ``module`` in place (shapes, dtypes
+    and variable paths must match); returns the stored metadata."""
     path = Path(path).expanduser().absolute()
     if not (path / STATE_JSON).is_file():
         raise DistillError(
@@ -534,7 +535,7 @@ def load_state(module: nnx.Module, path: str | Path) -> dict:
             f"{path / STATE_JSON} is not a valid model checkpoint file ({_one_line(err)}); "
             "re-run the training that wrote it"
         ) from None
-    params = nnx.state(module, nnx.Param)
+    params = nnx.state(module)
     _restore_params_into(
         path, params, f"the {type(module).__name__} being loaded into",
         "build the module with the architecture it was saved with",
