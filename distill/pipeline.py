@@ -19,9 +19,9 @@ import numpy as np
 
 from flax import nnx
 
-from distill import report, teachers, train
+from distill import report, students, teachers, train
 from distill.config import Config, dump_yaml
-from distill.data import Dataset, downsample, load_dataset, site_order
+from distill.data import Dataset, downsample, load_dataset
 from distill.errors import DistillError
 from distill.layers import MPS, param_count
 
@@ -122,19 +122,24 @@ def student_inputs(cfg: Config, data: Dataset) -> StudentInputs:
 
 
 def build_student(cfg: Config, inputs: StudentInputs, num_classes: int) -> MPS:
-    s = cfg.student
-    return MPS(inputs.n_sites, num_classes, bond_dim=s.bond_dim, feature_map=s.feature_map,
-               feature_dim=s.feature_dim, output_site=s.output_site, init_std=s.init_std,
-               site_order=site_order(inputs.image_shape, cfg.data.ordering), rngs=nnx.Rngs(cfg.seed + 1))
+    """The `mps` family: one MPS over the student's input sites whose output leg gives the logits."""
+    return students.build_mps(cfg, inputs.n_sites, inputs.image_shape, num_classes)
 
 
-def describe_student(cfg: Config, inputs: StudentInputs) -> str:
+def describe_student(cfg: Config, inputs: StudentInputs, teacher_hidden: list[int]) -> str:
     s = cfg.student
-    n = inputs.n_sites
-    k = s.output_site if s.output_site is not None else n // 2
-    h, w = inputs.image_shape
-    return (f"MPS over {n} sites ({h}×{w} pixels, {cfg.data.ordering} order), {s.feature_map} map d={s.feature_dim}, "
-            f"bond dimension χ={s.bond_dim}, output core after site {k}")
+    widths = "-".join(str(w) for w in [inputs.n_sites, *teacher_hidden])
+    if s.family == "mps":
+        n = inputs.n_sites
+        k = s.output_site if s.output_site is not None else n // 2
+        h, w = inputs.image_shape
+        return (f"MPS over {n} sites ({h}×{w} pixels, {cfg.data.ordering} order), {s.feature_map} map "
+                f"d={s.feature_dim}, bond dimension χ={s.bond_dim}, output core after site {k}")
+    layer = {"mps_layers": f"MPS layers (χ={s.bond_dim}, {s.feature_map} map d={s.feature_dim})",
+             "tt": f"TT-matrix layers ({s.tt_factors} cores, rank {s.rank})",
+             "lowrank": f"low-rank layers W = A·B (rank {s.rank})",
+             "dense": f"dense bottleneck layers (width {s.hidden_width})"}[s.family]
+    return f"the teacher's {widths} hidden layers replaced by {layer}, plus a dense head"
 
 
 def _latencies(model: nnx.Module, n_features: int) -> dict[str, float]:
@@ -146,9 +151,98 @@ def _dataset_summary(data: Dataset) -> dict:
             "n_val": int(len(data.y_val)), "n_test": int(len(data.y_test)), "num_classes": data.num_classes}
 
 
+def _distil_mps(cfg: Config, data: Dataset, xs: StudentInputs, t_train: np.ndarray, progress: bool):
+    """The `mps` family: KD on logits (end_to_end) or labels only; returns (student, curves, stages)."""
+    mode = cfg.distill.mode
+    if mode in ("layerwise", "staged"):
+        raise DistillError(f"distill.mode={mode} needs a student with hidden layers; set student.family to one of "
+                           f"{', '.join(students.MIRROR_FAMILIES)} (student.family=mps has none)")
+    student = build_student(cfg, xs, data.num_classes)
+    if mode == "labels_only":
+        hist = train.train_classifier(student, xs.x_train, data.y_train, xs.x_val, data.y_val,
+                                      _student_settings(cfg), desc="student", progress=progress)
+        return student, {"student (labels only)": hist.as_dict()}, {}
+    hist = train.end_to_end(student, xs.x_train, t_train, data.y_train, xs.x_val, data.y_val, _student_settings(cfg),
+                            temperature=cfg.distill.temperature, alpha=cfg.distill.alpha, desc="student",
+                            progress=progress)
+    return student, {"student (KD)": hist.as_dict()}, {}
+
+
+def _layer_io_names(teacher: teachers.MLP, target: str) -> list[tuple[str | None, str]]:
+    """Per hidden layer l: (teacher activation feeding it — None for the input —, the one it must match)."""
+    hidden = teacher.layer_names[:-1]
+    return [(hidden[i - 1] if i else None, f"{name}.pre" if target == "pre" else name)
+            for i, name in enumerate(hidden)]
+
+
+def _teacher_acts(teacher: teachers.MLP, x: np.ndarray) -> dict[str, np.ndarray]:
+    return teachers.frozen_activations(teacher, x, teacher.activation_names[:-1])
+
+
+def _distil_mirror(cfg: Config, data: Dataset, teacher: teachers.MLP, t_train: np.ndarray, progress: bool):
+    """Mirror families: warm start, layer-wise fits, KD fine-tuning as the mode says.
+
+    Returns (student, curves, stages, per-layer rows); stages maps a phase to the test
+    accuracy after it, so the report shows what each phase added.
+    """
+    if cfg.student.downsample != 1:
+        raise DistillError(f"student.downsample={cfg.student.downsample} only applies to student.family=mps; "
+                           "a mirror student reads the teacher's inputs (set it to 1)")
+    mode, target = cfg.distill.mode, cfg.distill.layer_target
+    io = _layer_io_names(teacher, target)
+    acts = {"train": _teacher_acts(teacher, data.x_train), "val": _teacher_acts(teacher, data.x_val),
+            "test": _teacher_acts(teacher, data.x_test)}
+
+    def inputs(split: str, name: str | None) -> np.ndarray:
+        return getattr(data, f"x_{split}") if name is None else acts[split][name]
+
+    # A feature map needs inputs in [0, 1]: scale every unit by its largest training value.
+    scales = [np.maximum(inputs("train", src).max(axis=0), 1e-6).astype(np.float32) for src, _ in io]
+    labels_only = mode == "labels_only"
+    student = students.build_mirror(cfg, teacher, scales, warm_start=False if labels_only else None)
+    curves: dict[str, dict] = {}
+    stages: dict[str, float] = {}
+    if labels_only:
+        hist = train.train_classifier(student, data.x_train, data.y_train, data.x_val, data.y_val,
+                                      _student_settings(cfg), desc="student", progress=progress)
+        curves["student (labels only)"] = hist.as_dict()
+    else:
+        stages["warm start" if cfg.student.warm_start else "initialisation"] = train.losses.accuracy(
+            train.predict(student, data.x_test), data.y_test)
+    layer_hists = {}
+    if mode in ("layerwise", "staged"):
+        s = cfg.distill
+        settings = train.TrainSettings(epochs=s.layer_epochs, batch_size=s.batch_size, lr=s.layer_lr,
+                                       schedule=s.schedule, grad_clip=s.grad_clip, seed=cfg.seed + 2)
+        # Each layer learns from the teacher's own activations, independently of the others.
+        for layer, (src, dst) in zip(student.hidden, io):
+            fitted = layer if target == "pre" else students.PostActivation(layer, student.activation)
+            hist = train.fit_layer(fitted, inputs("train", src), acts["train"][dst], inputs("val", src),
+                                   acts["val"][dst], settings, desc=f"layer {dst}", progress=progress)
+            layer_hists[dst] = hist.as_dict()
+        stages["layer-wise"] = train.losses.accuracy(train.predict(student, data.x_test), data.y_test)
+    if mode in ("end_to_end", "staged"):
+        hist = train.end_to_end(student, data.x_train, t_train, data.y_train, data.x_val, data.y_val,
+                                _student_settings(cfg), temperature=cfg.distill.temperature,
+                                alpha=cfg.distill.alpha, desc="student", progress=progress)
+        curves["student (KD)"] = hist.as_dict()
+        stages["end to end" if mode == "end_to_end" else "fine-tuned"] = train.losses.accuracy(
+            train.predict(student, data.x_test), data.y_test)
+
+    # Per-layer fidelity on held-out (test) teacher activations, each layer fed the teacher's inputs.
+    rows = students.layer_params(student, teacher)
+    for row, layer, (src, dst) in zip(rows, student.hidden, io):
+        fitted = layer if target == "pre" else students.PostActivation(layer, student.activation)
+        pred, want = train.predict(fitted, inputs("test", src)), acts["test"][dst]
+        row.update(target=dst, relative_error=train.relative_error(pred, want), r2=train.r2_score(pred, want),
+                   history=layer_hists.get(dst))
+    return student, curves, stages, rows
+
+
 def run(cfg: Config, out: str | Path | None = None, progress: bool = True) -> tuple[Path, dict]:
-    """Distil end to end; returns (run folder, results). Writes config.yaml, results.json,
-    report.md, training_curves.png, teacher/ (when trained here) and student/ checkpoints."""
+    """Distil as the config says; returns (run folder, results). Writes config.yaml, results.json,
+    report.md, training_curves.png (and per_layer_fidelity.png for mirror students), teacher/
+    (when trained here) and student/ checkpoints."""
     t0 = time.perf_counter()
     final = Path(out) if out is not None else default_run_dir(cfg)
     config_yaml = dump_yaml(cfg)
@@ -162,10 +256,11 @@ def run(cfg: Config, out: str | Path | None = None, progress: bool = True) -> tu
         teacher_acc = train.losses.accuracy(t_test, data.y_test)
 
         xs = student_inputs(cfg, data)
-        student = build_student(cfg, xs, data.num_classes)
-        s_hist = train.end_to_end(student, xs.x_train, t_train, data.y_train, xs.x_val, data.y_val,
-                                  _student_settings(cfg), temperature=cfg.distill.temperature,
-                                  alpha=cfg.distill.alpha, desc="student", progress=progress)
+        layers = None
+        if cfg.student.family == "mps":
+            student, curves, stages = _distil_mps(cfg, data, xs, t_train, progress)
+        else:
+            student, curves, stages, layers = _distil_mirror(cfg, data, teacher, t_train, progress)
         teachers.save_state(student, work / "student")
         ev = train.evaluate(train.predict(student, xs.x_test), t_test, data.y_test)
 
@@ -178,17 +273,21 @@ def run(cfg: Config, out: str | Path | None = None, progress: bool = True) -> tu
                         "hidden": list(cfg.teacher.hidden), "latency_ms": _latencies(teacher, data.n_features),
                         "history": teacher_hist},
             "student": {"accuracy": ev.accuracy, "params": s_params, "agreement": ev.agreement, "kl": ev.kl,
-                        "description": describe_student(cfg, xs), "best_epoch": s_hist.best_epoch,
-                        "latency_ms": _latencies(student, xs.n_sites), "history": s_hist.as_dict()},
+                        "family": cfg.student.family, "mode": cfg.distill.mode,
+                        "description": describe_student(cfg, xs, list(cfg.teacher.hidden)),
+                        "accuracy_stages": stages, "layers": layers,
+                        "latency_ms": _latencies(student, xs.n_sites), "histories": curves},
             "compression_ratio": t_params / s_params,
             "accuracy_drop_pts": drop,
             "lossless": bool(drop <= 1.0),
             "wall_time_s": None,
         }
-        curves = {"student (KD)": s_hist.as_dict()}
         if teacher_hist is not None:
             curves = {"teacher": teacher_hist, **curves}
-        report.plot_curves(work / "training_curves.png", curves)
+        if curves:
+            report.plot_curves(work / "training_curves.png", curves)
+        if layers:
+            report.plot_layer_fidelity(work / "per_layer_fidelity.png", layers)
         results["wall_time_s"] = time.perf_counter() - t0
         report.write_json(work / "results.json", results)
         report.write_atomic(work / "report.md", report.markdown_report(results, config_yaml))

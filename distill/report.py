@@ -53,10 +53,31 @@ def results_table(results: dict) -> list[tuple[str, str]]:
     ]
 
 
+def stage_rows(results: dict) -> list[tuple[str, str]]:
+    """Test accuracy after each training phase (warm start, layer-wise, fine-tuned), if any."""
+    return [(f"student accuracy after {k}", _pct(v)) for k, v in results["student"].get("accuracy_stages", {}).items()]
+
+
+LAYER_COLUMNS = ("layer", "target", "params", "teacher params", "compression", "relative error", "R²")
+
+
+def layer_rows(results: dict) -> list[tuple[str, ...]]:
+    """Per replaced hidden layer: fidelity on held-out (test) teacher activations."""
+    return [(r["layer"], r["target"], f"{r['params']:,}", f"{r['teacher_params']:,}", f"{r['compression_ratio']:.1f}×",
+             f"{r['relative_error']:.4f}", f"{r['r2']:.4f}") for r in results["student"].get("layers") or []]
+
+
 def console_table(results: dict) -> str:
-    rows = results_table(results)
+    rows = results_table(results) + stage_rows(results)
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+    text = "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+    layers = layer_rows(results)
+    if layers:
+        widths = [max(len(c), *(len(r[i]) for r in layers)) for i, c in enumerate(LAYER_COLUMNS)]
+        fmt = "  " + "  ".join(f"{{:<{w}}}" for w in widths)
+        text += "\n\n  per-layer fidelity on held-out teacher activations (test split)\n"
+        text += "\n".join(fmt.format(*r) for r in [LAYER_COLUMNS, *layers])
+    return text
 
 
 def markdown_report(results: dict, config_yaml: str) -> str:
@@ -66,15 +87,32 @@ def markdown_report(results: dict, config_yaml: str) -> str:
         "",
         f"Dataset **{d['name']}**, inputs {d['image_shape'][0]}×{d['image_shape'][1]} "
         f"({d['n_train']} train / {d['n_val']} validation / {d['n_test']} test). "
-        f"Student: {s['description']}. Accuracies are on the test split; the student's "
-        f"parameters are those of its best validation epoch ({s['best_epoch'] + 1}).",
+        f"Student: {s['description']}; mode `{s['mode']}`. Accuracies are on the test split; in every "
+        "training phase the parameters kept are those of the best validation epoch.",
         "",
         "| metric | value |",
         "|---|---|",
-        *(f"| {k} | {v} |" for k, v in results_table(results)),
+        *(f"| {k} | {v} |" for k, v in results_table(results) + stage_rows(results)),
         "",
-        "![training curves](training_curves.png)",
-        "",
+    ]
+    layers = layer_rows(results)
+    if layers:
+        lines += [
+            "## Per-layer fidelity",
+            "",
+            "Each student layer is fed the teacher's own input to that layer (test split) and compared "
+            "with the teacher's output of it.",
+            "",
+            "| " + " | ".join(LAYER_COLUMNS) + " |",
+            "|" + "---|" * len(LAYER_COLUMNS),
+            *("| " + " | ".join(r) + " |" for r in layers),
+            "",
+            "![per-layer fidelity](per_layer_fidelity.png)",
+            "",
+        ]
+    if s.get("histories") or results["teacher"].get("history"):
+        lines += ["![training curves](training_curves.png)", ""]
+    lines += [
         "## Resolved config",
         "",
         "```yaml",
@@ -83,6 +121,30 @@ def markdown_report(results: dict, config_yaml: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _save(fig, path: Path) -> None:
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_layer_fidelity(path: Path, layers: list[dict]) -> None:
+    """Bars of R² and relative error per replaced layer (held-out teacher activations)."""
+    names = [r["layer"] for r in layers]
+    fig, (ax_r2, ax_err) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_r2.bar(names, [r["r2"] for r in layers], color="tab:blue")
+    ax_r2.set(ylabel="R²", title="R² (1 = exact)", ylim=(min(0.0, *(r["r2"] for r in layers)), 1.0))
+    ax_err.bar(names, [r["relative_error"] for r in layers], color="tab:orange")
+    ax_err.set(ylabel="‖ŷ − y‖ / ‖y‖", title="relative error")
+    for ax, key in ((ax_r2, "r2"), (ax_err, "relative_error")):
+        ax.grid(alpha=0.3, axis="y")
+        for i, r in enumerate(layers):
+            ax.annotate(f"{r[key]:.3f}", (i, r[key]), ha="center", va="bottom", fontsize=8)
+    fig.suptitle("per-layer fidelity to the teacher (test split)")
+    fig.tight_layout()
+    _save(fig, path)
 
 
 def plot_curves(path: Path, histories: dict[str, dict]) -> None:
@@ -99,7 +161,4 @@ def plot_curves(path: Path, histories: dict[str, dict]) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save(fig, path)

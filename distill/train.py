@@ -38,7 +38,11 @@ class TrainSettings:
 
 @dataclass
 class History:
-    """Per-epoch measurements; `best_epoch` is the one whose parameters were kept."""
+    """Per-epoch measurements; `best_epoch` is the one whose parameters were kept.
+
+    `val_accuracy` holds the validation score that chose the best epoch: accuracy for
+    classifiers, R² for a layer fitted to teacher activations (`layerwise`).
+    """
 
     train_loss: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
@@ -85,10 +89,13 @@ def predict(model: nnx.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndar
 
 def fit(model: nnx.Module, loss_fn: Callable[..., jax.Array], x_train: np.ndarray,
         targets: tuple[np.ndarray, ...], x_val: np.ndarray, y_val: np.ndarray,
-        settings: TrainSettings, *, desc: str = "train", progress: bool = True) -> History:
+        settings: TrainSettings, *, score: Callable[[np.ndarray, np.ndarray], float] = losses.accuracy,
+        desc: str = "train", progress: bool = True) -> History:
     """Train `model` in place on `loss_fn(outputs, *targets_batch)`; keep the best-by-validation params.
 
-    x_train (N, n_in); each target (N, ...); x_val (N_val, n_in), y_val (N_val,) int labels.
+    x_train (N, n_in); each target (N, ...); x_val (N_val, n_in); y_val (N_val, ...) what
+    `score(model outputs on x_val, y_val)` compares against (higher is better; default:
+    accuracy against integer labels).
     Batches are drawn without replacement each epoch (seeded); the last partial batch is
     dropped so every step has the same shape and the step compiles once.
     """
@@ -132,7 +139,7 @@ def fit(model: nnx.Module, loss_fn: Callable[..., jax.Array], x_train: np.ndarra
             raise DistillError(f"{desc}: the training loss became {train_loss} in epoch {epoch + 1}; "
                                "lower the learning rate or set grad_clip")
         nnx.update(model, params)
-        val_acc = losses.accuracy(predict(model, x_val), y_val) if len(y_val) else float("nan")
+        val_acc = score(predict(model, x_val), y_val) if len(y_val) else float("nan")
         hist.train_loss.append(train_loss)
         hist.grad_norm.append(float(gnorm_sum) / steps)
         hist.val_accuracy.append(val_acc)
@@ -162,6 +169,35 @@ def end_to_end(student: nnx.Module, x_train, teacher_logits, y_train, x_val, y_v
 
     return fit(student, loss_fn, x_train, (teacher_logits, y_train), x_val, y_val, settings,
                desc=desc, progress=progress)
+
+
+def r2_score(pred: np.ndarray, target: np.ndarray) -> float:
+    """Coefficient of determination over all units: 1 − Σ(ŷ−y)² / Σ(y−ȳ)², ȳ per unit (column)."""
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    ss_res = np.sum((pred - target) ** 2)
+    ss_tot = np.sum((target - target.mean(axis=0)) ** 2)
+    return float(1.0 - ss_res / max(ss_tot, np.finfo(np.float64).tiny))
+
+
+def relative_error(pred: np.ndarray, target: np.ndarray) -> float:
+    """‖ŷ − y‖_F / ‖y‖_F."""
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    return float(np.linalg.norm(pred - target) / max(np.linalg.norm(target), np.finfo(np.float64).tiny))
+
+
+def fit_layer(layer: nnx.Module, x_train, y_train, x_val, y_val, settings: TrainSettings, *,
+              desc: str = "layer", progress: bool = True) -> History:
+    """Layer-wise distillation of one layer: MSE between layer(x) and the teacher's activations.
+
+    x (N, n_in) are the teacher's inputs to that layer, y (N, n_out) its outputs; the epoch
+    with the best validation R² is kept.
+    """
+
+    def mse(out, y):
+        return jnp.mean((out - y) ** 2)
+
+    return fit(layer, mse, x_train, (y_train,), x_val, y_val, settings, score=r2_score, desc=desc,
+               progress=progress)
 
 
 @dataclass(frozen=True)

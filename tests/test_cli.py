@@ -69,7 +69,7 @@ def test_same_config_and_seed_give_same_numbers(digits_run, tmp_path):
     b = json.loads((out / "results.json").read_text())
     for part, key in [("teacher", "accuracy"), ("student", "accuracy"), ("student", "kl"), ("student", "agreement")]:
         assert a[part][key] == b[part][key]
-    assert a["student"]["history"]["train_loss"] == b["student"]["history"]["train_loss"]
+    assert a["student"]["histories"]["student (KD)"]["train_loss"] == b["student"]["histories"]["student (KD)"]["train_loss"]
 
 
 def test_saved_teacher_is_reused_frozen(digits_run, tmp_path):
