@@ -209,7 +209,17 @@ def _distil_mirror(cfg: Config, data: Dataset, teacher: teachers.MLP, t_train: n
     else:
         stages["warm start" if cfg.student.warm_start else "initialisation"] = train.losses.accuracy(
             train.predict(student, data.x_test), data.y_test)
+    def fidelity() -> list[dict]:
+        """Per layer, on held-out (test) teacher activations, each layer fed the teacher's own input."""
+        out = []
+        for layer, (src, dst) in zip(student.hidden, io):
+            fitted = layer if target == "pre" else students.PostActivation(layer, student.activation)
+            pred, want = train.predict(fitted, inputs("test", src)), acts["test"][dst]
+            out.append({"relative_error": train.relative_error(pred, want), "r2": train.r2_score(pred, want)})
+        return out
+
     layer_hists = {}
+    after_layerwise = None
     if mode in ("layerwise", "staged"):
         s = cfg.distill
         settings = train.TrainSettings(epochs=s.layer_epochs, batch_size=s.batch_size, lr=s.layer_lr,
@@ -221,6 +231,7 @@ def _distil_mirror(cfg: Config, data: Dataset, teacher: teachers.MLP, t_train: n
                                    acts["val"][dst], settings, desc=f"layer {dst}", progress=progress)
             layer_hists[dst] = hist.as_dict()
         stages["layer-wise"] = train.losses.accuracy(train.predict(student, data.x_test), data.y_test)
+        after_layerwise = fidelity()
     if mode in ("end_to_end", "staged"):
         hist = train.end_to_end(student, data.x_train, t_train, data.y_train, data.x_val, data.y_val,
                                 _student_settings(cfg), temperature=cfg.distill.temperature,
@@ -229,13 +240,11 @@ def _distil_mirror(cfg: Config, data: Dataset, teacher: teachers.MLP, t_train: n
         stages["end to end" if mode == "end_to_end" else "fine-tuned"] = train.losses.accuracy(
             train.predict(student, data.x_test), data.y_test)
 
-    # Per-layer fidelity on held-out (test) teacher activations, each layer fed the teacher's inputs.
     rows = students.layer_params(student, teacher)
-    for row, layer, (src, dst) in zip(rows, student.hidden, io):
-        fitted = layer if target == "pre" else students.PostActivation(layer, student.activation)
-        pred, want = train.predict(fitted, inputs("test", src)), acts["test"][dst]
-        row.update(target=dst, relative_error=train.relative_error(pred, want), r2=train.r2_score(pred, want),
-                   history=layer_hists.get(dst))
+    for i, (row, fid, (_, dst)) in enumerate(zip(rows, fidelity(), io)):
+        row.update(target=dst, **fid, history=layer_hists.get(dst))
+        if after_layerwise is not None:  # before fine-tuning moved the layers away from the teacher's
+            row.update({f"{k}_after_layerwise": v for k, v in after_layerwise[i].items()})
     return student, curves, stages, rows
 
 

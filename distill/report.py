@@ -58,13 +58,17 @@ def stage_rows(results: dict) -> list[tuple[str, str]]:
     return [(f"student accuracy after {k}", _pct(v)) for k, v in results["student"].get("accuracy_stages", {}).items()]
 
 
-LAYER_COLUMNS = ("layer", "target", "params", "teacher params", "compression", "relative error", "R²")
+LAYER_COLUMNS = ("layer", "target", "params", "teacher params", "compression", "relative error", "R²",
+                 "R² after layer-wise")
 
 
 def layer_rows(results: dict) -> list[tuple[str, ...]]:
-    """Per replaced hidden layer: fidelity on held-out (test) teacher activations."""
+    """Per replaced hidden layer: fidelity on held-out (test) teacher activations, at the end of the
+    run and (when there was a layer-wise phase) right after it, before any fine-tuning."""
     return [(r["layer"], r["target"], f"{r['params']:,}", f"{r['teacher_params']:,}", f"{r['compression_ratio']:.1f}×",
-             f"{r['relative_error']:.4f}", f"{r['r2']:.4f}") for r in results["student"].get("layers") or []]
+             f"{r['relative_error']:.4f}", f"{r['r2']:.4f}",
+             f"{r['r2_after_layerwise']:.4f}" if "r2_after_layerwise" in r else "–")
+            for r in results["student"].get("layers") or []]
 
 
 def console_table(results: dict) -> str:

@@ -127,3 +127,31 @@ def layer_params(student: MirrorStudent, teacher: MLP) -> list[dict]:
         p = param_count(layer)
         rows.append({"layer": f"hidden_{i}", "params": p, "teacher_params": t, "compression_ratio": t / p})
     return rows
+
+
+#: The one size knob of each mirror family, searched by `match_budget`.
+SIZE_KNOBS = {"tt": "rank", "lowrank": "rank", "dense": "hidden_width", "mps_layers": "bond_dim"}
+
+
+def match_budget(cfg: Config, teacher: MLP, target_params: int, max_size: int = 256) -> tuple[Config, int]:
+    """cfg with its family's size knob set so the mirror student's parameter count is closest to
+    `target_params`; returns (cfg, that count). Counts come from abstract (shape-only) builds."""
+    import dataclasses
+
+    knob = SIZE_KNOBS[cfg.student.family]
+
+    def count(size: int) -> int:
+        trial = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, **{knob: size}))
+        return param_count(nnx.eval_shape(lambda: build_mirror(trial, teacher, warm_start=False)))
+
+    # Parameter counts grow monotonically with the knob: bisect for the crossing, then take the closer side.
+    lo, hi = 1, max_size
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count(mid) < target_params:
+            lo = mid + 1
+        else:
+            hi = mid
+    best = min({max(lo - 1, 1), lo}, key=lambda s: abs(count(s) - target_params))
+    out = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, **{knob: best}))
+    return out, count(best)
