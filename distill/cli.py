@@ -19,6 +19,13 @@ Distil a trained, frozen teacher network into a tensor-network student.
   distill run CONFIG --set student.bond_dim=16 --set distill.epochs=5 --out runs/chi16
   distill teacher CONFIG            train and save only the teacher; reuse it with
                                     --set teacher.checkpoint=RUN/teacher
+  distill run configs/layerwise_digits.yaml
+                                    replace each hidden layer by a TT layer, fit it to the
+                                    teacher's activations, then fine-tune end to end
+  distill compare-maps configs/compare_maps_digits.yaml
+                                    the same student with several feature maps, over seeds
+  distill check-map fourier --param order=2
+                                    is a feature map valid (independent components/derivatives)?
 
 Each run writes one folder: config.yaml (the resolved config), results.json, report.md,
 training_curves.png and the teacher/ and student/ checkpoints.
@@ -52,6 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the teacher described by CONFIG and save it as <out>/teacher (orbax checkpoint "
                     "plus teacher.json). Point a later run at it with --set teacher.checkpoint=<out>/teacher.")
     _common(p_teacher, "experiment YAML file (its data and teacher sections are used)")
+    p_cmp = sub.add_parser(
+        "compare-maps", help="the same MPS student with each feature map in compare.maps, over compare.seeds",
+        description="Train (or load) one teacher, then distil the same MPS student with every feature map in "
+                    "compare.maps for every seed in compare.seeds at an equal budget (compare.budget: equal "
+                    "parameters, or equal d·χ²). Writes results.json, results.csv, report.md (mean ± std, and "
+                    "which differences exceed the seed spread) and compare_maps.png.")
+    _common(p_cmp, "experiment YAML with a compare section, e.g. configs/compare_maps_digits.yaml")
+    p_chk = sub.add_parser(
+        "check-map", help="validity check of one feature map (seed 000 §4)",
+        description="Check that a feature map's components, and their derivatives, are linearly independent on "
+                    "[0, 1] (pairwise maps: on [0, 1]²); prints the singular values. Exit status 0 if the map is "
+                    "valid, 1 if it is refused.")
+    p_chk.add_argument("name", metavar="NAME", help="a registered feature map, e.g. trig, poly, fourier, pair_product")
+    p_chk.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                       help="a parameter of the map, e.g. --param degree=3; repeatable")
+    p_chk.add_argument("--pairing", choices=["neighbour", "random"], help="pairing, for pairwise maps")
+    p_chk.add_argument("--pair-shift", type=float, help="input shift for pairwise maps (default 1.0)")
     return parser
 
 
@@ -73,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command == "check-map":
+            from distill import compare
+            from distill.config import parse_override
+
+            r = compare.check_map(args.name, dict(parse_override(t) for t in args.params),
+                                  pairing=args.pairing, pair_shift=args.pair_shift)
+            print(compare.format_validity(r))
+            return 0 if r.ok else 1
         cfg = _load(args)
         from distill import pipeline, report  # heavy imports (jax, flax) only once the config is valid
 
@@ -80,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
             folder, results = pipeline.run(cfg, args.out, progress=not args.quiet)
             print(f"\n{cfg.name}: teacher vs student on the test split\n")
             print(report.console_table(results))
+        elif args.command == "compare-maps":
+            from distill import compare
+
+            folder, results = compare.compare_maps(cfg, args.out, progress=not args.quiet)
+            print(f"\n{cfg.name}: mean ± std over seeds {list(cfg.compare.seeds)} (test split)\n")
+            print(compare.console_table(results))
         else:
             folder, results = pipeline.train_teacher(cfg, args.out, progress=not args.quiet)
             print(f"\nteacher test accuracy {100 * results['teacher']['accuracy']:.2f} %, "

@@ -104,7 +104,10 @@ class StudentConfig:
     feature_dim: int = field(default=2, metadata=_at_least(2))
     feature_params: dict = field(default_factory=dict)  # extra map parameters, e.g. {scale: 1.0}
     pairing: str | None = field(default=None, metadata=_choice("neighbour", "random"))  # pairwise maps only
-    pairing_seed: int | None = field(default=None, metadata=_check("an integer ≥ 0", lambda v: v >= 0))
+    pairing_seed: int | None = field(default=None, metadata=_check("an integer ≥ 0", lambda v: v >= 0))  # None = seed
+    # Pairwise maps read inputs shifted by this (None = 1.0): [x_a, x_a·x_b] is the zero vector
+    # wherever x_a = 0, which zeroes the whole MPS on images; 0.0 gives the seed's literal map.
+    pair_shift: float | None = None
     bond_dim: int = field(default=8, metadata=_at_least(1))
     output_site: int | None = field(default=None, metadata=_at_least(1))  # None = middle
     init_std: float = field(default=0.01, metadata=_check("a number ≥ 0", lambda v: v >= 0))

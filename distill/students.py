@@ -18,7 +18,7 @@ from jax import Array
 from distill.config import Config
 from distill.data import site_order
 from distill.errors import DistillError
-from distill.layers import MPS, LowRankLinear, TTLinear, param_count
+from distill.layers import MPS, LowRankLinear, MPSHidden, TTLinear, param_count
 from distill.teachers import ACTIVATIONS, MLP
 
 MIRROR_FAMILIES = ("mps_layers", "tt", "lowrank", "dense")
@@ -71,6 +71,8 @@ def _dense_w_b(linear: nnx.Linear) -> tuple[np.ndarray, np.ndarray]:
 def build_mps(cfg: Config, n_sites: int, image_shape: tuple[int, int], num_classes: int) -> MPS:
     s = cfg.student
     return MPS(n_sites, num_classes, bond_dim=s.bond_dim, feature_map=s.feature_map, feature_dim=s.feature_dim,
+               feature_params=s.feature_params or None, pairing=s.pairing,
+               pairing_seed=cfg.seed if s.pairing_seed is None else s.pairing_seed, pair_shift=s.pair_shift,
                output_site=s.output_site, init_std=s.init_std, site_order=site_order(image_shape, cfg.data.ordering),
                rngs=nnx.Rngs(cfg.seed + 1))
 
@@ -105,8 +107,6 @@ def build_mirror(cfg: Config, teacher: MLP, input_scales: list[np.ndarray] | Non
         elif s.family == "dense":
             layer = DenseBottleneck(n_in, n_out, width=s.hidden_width, activation=spec["activation"], rngs=rngs)
         else:  # mps_layers
-            from distill.layers import MPSHidden
-
             scale = None if input_scales is None else input_scales[i]
             layer = MPSHidden(n_in, n_out, bond_dim=s.bond_dim, feature_map=s.feature_map,
                               feature_dim=s.feature_dim, input_scale=scale, rngs=rngs)

@@ -126,7 +126,7 @@ from distill.tn.feature_maps import (  # noqa: E402
 
 def test_registry_lists_built_ins():
     assert feature_map_names(1) == ["fourier", "learned", "legendre", "poly", "trig"]
-    assert feature_map_names(2) == ["pair_product"]
+    assert feature_map_names(2) == ["pair_affine", "pair_product"]
 
 
 def test_trig_scale_default_reproduces_legacy_and_scale_changes_angle():

@@ -89,7 +89,11 @@ def test_param_count_counts_nested_modules_and_skips_site_order():
         (dict(output_site=8), "output_site"),
         (dict(output_site=2.5), "output_site"),
         (dict(feature_dim=1), "feature_dim"),
-        (dict(feature_map="legendre"), "feature map"),
+        (dict(feature_map="legendr"), "did you mean 'legendre'"),
+        (dict(feature_map="trig", pairing="neighbour"), "only for pairwise"),
+        (dict(feature_map="pair_product"), "needs pairing"),
+        (dict(feature_map="poly", feature_params={"degree": 3}, feature_dim=3), "d = 4"),
+        (dict(feature_map="learned", feature_params={"width": 3}), "hidden"),
         (dict(site_order=[0, 1, 2]), "site_order"),
         (dict(site_order=[0, 0, 1, 2, 3, 4, 5, 6]), "site_order"),
         (dict(site_order=np.arange(8) + 0.0), "site_order"),
@@ -147,3 +151,206 @@ def test_training_with_nnx_optimizer_reduces_loss():
     assert loss < 0.8 * loss0, (loss0, loss)
     np.testing.assert_array_equal(np.asarray(model.mps.site_order[...]), order_before)
     assert int(optimizer.step[...]) == 15
+
+
+# ---------------------------------------------------------------------------------------
+# Feature maps from the registry, pairwise maps and their partners
+# ---------------------------------------------------------------------------------------
+
+import math  # noqa: E402
+
+from distill import teachers  # noqa: E402
+from distill.layers import Partners  # noqa: E402
+from distill.tn.feature_maps import register_feature_map, unregister_feature_map  # noqa: E402
+
+
+def _cores(layer):
+    return mps_lib.MPSParams(*(np.asarray(getattr(layer, f)[...], np.float64)
+                               for f in mps_lib.MPSParams._fields))
+
+
+def _by_hand(layer, phi):
+    """exp(log_scale) · contract(cores, φ) in float64, φ (B, n, d) computed by the test."""
+    with jax.enable_x64(True):
+        z, _ = mps_lib.contract(_cores(layer), jnp.asarray(phi, jnp.float64))
+        return math.exp(float(layer.log_scale[...])) * np.asarray(z)
+
+
+def _legendre2(x):
+    t = 2 * x - 1
+    return np.stack([np.ones_like(x), t, (3 * t**2 - 1) / 2], -1)
+
+
+LOCAL_MAPS = [
+    # (feature_map, feature_dim, feature_params, φ by hand from the formula)
+    ("trig", 2, None, lambda x: np.stack([np.cos(np.pi * x / 2), np.sin(np.pi * x / 2)], -1)),
+    ("trig", 3, {"d": 3, "scale": 1.0},
+     lambda x: np.stack([np.cos(x) ** 2, math.sqrt(2) * np.cos(x) * np.sin(x), np.sin(x) ** 2], -1)),
+    ("poly", 3, None, lambda x: np.stack([np.ones_like(x), x, x * x], -1)),
+    ("poly", 2, {"degree": 3}, lambda x: np.stack([np.ones_like(x), x, x**2, x**3], -1)),
+    ("fourier", 3, None,
+     lambda x: np.stack([np.ones_like(x), np.cos(2 * np.pi * x), np.sin(2 * np.pi * x)], -1)),
+    ("legendre", 3, None, _legendre2),
+]
+
+
+@pytest.mark.parametrize("feature_map, d, params, hand", LOCAL_MAPS)
+def test_registry_maps_value_is_contraction_of_hand_features(feature_map, d, params, hand):
+    n, m = 7, 3
+    order = np.random.default_rng(4).permutation(n)
+    layer = MPS(n, m, bond_dim=3, feature_map=feature_map, feature_dim=d, feature_params=params,
+                site_order=order, init_std=0.3, rngs=nnx.Rngs(2))
+    layer.log_scale[...] = jnp.asarray(-0.4, jnp.float32)
+    x = np.random.default_rng(5).uniform(size=(5, n))
+    phi = hand(x[:, order])
+    assert layer.feature_dim == phi.shape[-1]
+    assert layer.first.shape == (phi.shape[-1], 3)
+    np.testing.assert_allclose(layer(jnp.asarray(x, jnp.float32)), _by_hand(layer, phi),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("feature_map", ["trig", "poly"])
+def test_trig_and_poly_are_bit_identical_to_the_original_maps(feature_map):
+    fmap = {"trig": trig, "poly": poly}[feature_map]
+    order = np.random.default_rng(0).permutation(10)
+    layer = MPS(10, 4, bond_dim=4, feature_map=feature_map, feature_dim=3, site_order=order,
+                init_std=0.2, rngs=nnx.Rngs(1))
+    x = uniform(2, (6, 10))
+    np.testing.assert_array_equal(layer.features(x), fmap(x[:, order], 3))
+    z, _ = mps_lib.contract(layer.params, fmap(x[:, order], 3))
+    np.testing.assert_array_equal(layer(x), jnp.exp(layer.log_scale[...]) * z)
+
+
+@pytest.mark.parametrize("per_site", [False, True])
+def test_learned_map_parameters_are_module_params_and_value_is_by_hand(per_site):
+    n, d, h = 6, 3, 4
+    layer = MPS(n, 2, bond_dim=3, feature_map="learned", feature_dim=d,
+                feature_params={"hidden": h, "per_site": per_site}, init_std=0.3, rngs=nnx.Rngs(3))
+    w1, b1, w2, b2 = (np.asarray(getattr(layer, f"phi_{k}")[...], np.float64)
+                      for k in ("w1", "b1", "w2", "b2"))
+    lead = (n,) if per_site else ()
+    assert w1.shape == lead + (h,) and w2.shape == lead + (h, d) and b2.shape == lead + (d,)
+    x = np.random.default_rng(1).uniform(size=(4, n))
+    if per_site:
+        phi = np.einsum("bnh,nhp->bnp", np.tanh(x[..., None] * w1 + b1), w2) + b2
+    else:
+        phi = np.einsum("bnh,hp->bnp", np.tanh(x[..., None] * w1 + b1), w2) + b2
+    np.testing.assert_allclose(layer(jnp.asarray(x, jnp.float32)), _by_hand(layer, phi),
+                               rtol=1e-4, atol=1e-5)
+    cores = 2 * d * 3 + (n - 2) * d * 9 + 3 * 2 * 3 + 1
+    assert param_count(layer) == cores + w1.size + b1.size + w2.size + b2.size
+    # the map's weights get gradients like the cores
+    grads = nnx.grad(lambda mod: jnp.sum(mod(jnp.asarray(x, jnp.float32)) ** 2))(layer)
+    assert float(jnp.max(jnp.abs(grads["phi_w2"][...]))) > 0
+
+
+def test_pairwise_site_sees_its_input_and_its_partner():
+    n = 5
+    order = np.array([2, 0, 4, 1, 3])
+    partners = np.array([3, 4, 0, 2, 1])
+    layer = MPS(n, 2, bond_dim=3, feature_map="pair_product", pairing=partners, pair_shift=0.5,
+                site_order=order, init_std=0.3, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(np.asarray(layer.partners[...]), partners)
+    x = np.array([[0.1, 0.2, 0.3, 0.4, 0.5], [0.0, 1.0, 0.0, 0.5, 0.25]])
+    # site s reads input j = order[s]: φ = [0.5 + x_j, (0.5 + x_j)(0.5 + x_partner(j))]
+    j = order
+    a, b = 0.5 + x[:, j], 0.5 + x[:, partners[j]]
+    phi = np.stack([a, a * b], -1)
+    np.testing.assert_allclose(layer.features(jnp.asarray(x, jnp.float32)), phi, rtol=1e-6)
+    assert float(layer.features(jnp.asarray(x, jnp.float32))[0, 0, 1]) == pytest.approx(0.8 * 0.6)  # x_2 = 0.3, x_0 = 0.1
+    np.testing.assert_allclose(layer(jnp.asarray(x, jnp.float32)), _by_hand(layer, phi),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_neighbour_pairing_follows_the_chain_and_random_pairing_follows_the_seed():
+    order = np.array([3, 1, 0, 2])
+    nb = MPS(4, 2, bond_dim=2, feature_map="pair_product", pairing="neighbour", site_order=order,
+             rngs=nnx.Rngs(0))
+    # the site after the one reading input order[s] reads order[s + 1]
+    np.testing.assert_array_equal(np.asarray(nb.partners[...])[order], np.roll(order, -1))
+
+    def rand(seed):
+        return np.asarray(MPS(50, 2, bond_dim=2, feature_map="pair_product", pairing="random",
+                              pairing_seed=seed, rngs=nnx.Rngs(0)).partners[...])
+
+    np.testing.assert_array_equal(rand(7), rand(7))
+    assert not np.array_equal(rand(7), rand(8))
+    assert np.all(rand(7) != np.arange(50)) and sorted(rand(7)) == list(range(50))
+
+
+def test_pair_shift_fixes_vanishing_pair_product_and_is_a_local_map_of_the_partner():
+    n = 8
+    x = np.random.default_rng(0).uniform(size=(4, n))
+    x[:, 3] = 0.0  # one black pixel in every sample
+    xj = jnp.asarray(x, jnp.float32)
+    literal = MPS(n, 3, bond_dim=3, feature_map="pair_product", pairing="random", pairing_seed=1,
+                  pair_shift=0.0, init_std=0.3, rngs=nnx.Rngs(0))
+    assert float(jnp.max(jnp.abs(literal(xj)))) == 0.0  # Φ(x) = 0: a constant student
+    shifted = MPS(n, 3, bond_dim=3, feature_map="pair_product", pairing="random", pairing_seed=1,
+                  init_std=0.3, rngs=nnx.Rngs(0))
+    assert shifted.pair_shift == 1.0
+    out = np.asarray(shifted(xj))
+    assert np.all(np.isfinite(out)) and np.min(np.std(out, axis=0)) > 1e-3
+    # (1 + x_a)·[1, 1 + x_b]: the scalar is normalised away, leaving [1, 1 + x_partner]
+    p = np.asarray(shifted.partners[...])
+    local = np.stack([np.ones_like(x), 1.0 + x[:, p]], -1)
+    np.testing.assert_allclose(out, _by_hand(shifted, local), rtol=1e-4, atol=1e-5)
+
+
+def test_partners_survive_save_state_and_load_state(tmp_path):
+    def build(seed):
+        return MPS(12, 3, bond_dim=3, feature_map="pair_product", pairing="random",
+                   pairing_seed=seed, init_std=0.3, rngs=nnx.Rngs(seed))
+
+    src = build(5)
+    teachers.save_state(src, tmp_path / "student")
+    dst = build(5)  # same architecture, different draw of nothing: partners come from the seed
+    dst.log_scale[...] = jnp.asarray(3.0, jnp.float32)
+    teachers.load_state(dst, tmp_path / "student")
+    np.testing.assert_array_equal(np.asarray(dst.partners[...]), np.asarray(src.partners[...]))
+    assert dst.partners[...].dtype == jnp.int32
+    x = uniform(1, (4, 12))
+    np.testing.assert_array_equal(dst(x), src(x))
+    # partners are state, not parameters: never trained, not counted
+    assert isinstance(src.partners, Partners) and not isinstance(src.partners, nnx.Param)
+    assert len(jax.tree.leaves(nnx.state(src, Partners))) == 1
+    assert param_count(src) == 2 * 2 * 3 + 10 * 2 * 9 + 3 * 3 * 3 + 1
+
+
+def test_full_state_checkpoint_restores_partners_exactly(tmp_path):
+    import orbax.checkpoint as ocp
+
+    src = MPS(12, 3, bond_dim=3, feature_map="pair_product", pairing="random", pairing_seed=5,
+              rngs=nnx.Rngs(0))
+    dst = MPS(12, 3, bond_dim=3, feature_map="pair_product", pairing="random", pairing_seed=6,
+              rngs=nnx.Rngs(1))
+    assert not np.array_equal(np.asarray(dst.partners[...]), np.asarray(src.partners[...]))
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(tmp_path / "state", nnx.to_pure_dict(nnx.state(src)))
+        ckptr.wait_until_finished()
+        target = nnx.state(dst)
+        restored = ckptr.restore(tmp_path / "state", nnx.to_pure_dict(target))
+    nnx.replace_by_pure_dict(target, restored)
+    nnx.update(dst, target)
+    np.testing.assert_array_equal(np.asarray(dst.partners[...]), np.asarray(src.partners[...]))
+    x = uniform(1, (4, 12))
+    np.testing.assert_array_equal(dst(x), src(x))
+
+
+def test_degenerate_user_map_is_refused_at_construction():
+    register_feature_map("twice_x", lambda: lambda x: jnp.stack([x, 2 * x], -1))
+    try:
+        with pytest.raises(DistillError, match="'twice_x' is degenerate") as err:
+            MPS(8, 3, bond_dim=2, feature_map="twice_x", rngs=nnx.Rngs(0))
+        assert "\n" not in str(err.value)
+    finally:
+        unregister_feature_map("twice_x")
+
+
+def test_unknown_feature_map_lists_names_and_suggests():
+    with pytest.raises(DistillError) as err:
+        MPS(8, 3, bond_dim=2, feature_map="pair_prodcut", rngs=nnx.Rngs(0))
+    msg = str(err.value)
+    assert "did you mean 'pair_product'?" in msg
+    for name in ("trig", "poly", "fourier", "legendre", "learned", "pair_product"):
+        assert name in msg

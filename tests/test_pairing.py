@@ -79,3 +79,17 @@ def test_apply_pairwise_by_hand():
     np.testing.assert_array_equal(apply_pairwise(fm, x, partners), out)
     with pytest.raises(DistillError, match=r"partners must have shape \(3,\)"):
         apply_pairwise(pair_product, x, np.array([1, 0]))
+
+
+def test_pair_affine_values_and_validity():
+    import numpy as np
+
+    from distill.tn.feature_maps import check_feature_map, make_feature_map, pair_affine
+
+    xa, xb = np.array([0.0, 0.5, 1.0]), np.array([0.3, 0.5, 0.2])
+    np.testing.assert_allclose(np.asarray(pair_affine(xa, xb)),
+                               [[1, 0, 0], [1, 0.5, 0.25], [1, 1, 0.2]], rtol=1e-6)
+    fm = make_feature_map("pair_affine")
+    assert fm.d == 3 and fm.arity == 2
+    rep = check_feature_map(fm)
+    assert rep.ok and rep.n_vanishing == 0

@@ -25,6 +25,7 @@ Built-in local maps (``feature_map_names(arity=1)``)::
 Built-in pairwise maps (``feature_map_names(arity=2)``)::
 
     pair_product()          φ(x_a, x_b) = [x_a, x_a·x_b]                       (seed 000 §3)
+    pair_affine()           φ(x_a, x_b) = [1, x_a, x_a·x_b]     (never 0; genuinely couples the pair)
 
 A map of your own, in a few lines — the factory returns a function and d is read off it::
 
@@ -272,6 +273,18 @@ def pair_product(xa, xb) -> Array:
     return jnp.stack([xa, xa * xb], axis=-1)
 
 
+def pair_affine(xa, xb) -> Array:
+    """Codependent map with a constant: φ(x_a, x_b) = [1, x_a, x_a·x_b], (...,)² → (..., 3).
+
+    Unlike `pair_product` it never vanishes, and it is not a scalar times a local map of one
+    input (which an MPS would reduce to a local map, since it drops per-site scale factors):
+    the product term genuinely couples the pair.
+    """
+    xa = _as_float(xa)
+    xb = _as_float(xb).astype(xa.dtype)
+    return jnp.stack([jnp.ones_like(xa), xa, xa * xb], axis=-1)
+
+
 # ---------------------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------------------
@@ -461,6 +474,7 @@ register_feature_map("fourier", _fourier_factory, from_dim=_fourier_from_dim)
 register_feature_map("legendre", _legendre_factory, from_dim=lambda d: {"degree": d - 1})
 register_feature_map("learned", _learned_factory)
 register_feature_map("pair_product", _pair_product_factory, arity=2)
+register_feature_map("pair_affine", lambda: pair_affine, arity=2)
 
 # The original dimension-indexed table: name -> fn(x, d). The full list is feature_map_names().
 FEATURE_MAPS: dict[str, Callable[..., Array]] = {"trig": trig, "poly": poly}

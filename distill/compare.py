@@ -1,0 +1,508 @@
+"""`distill compare-maps` and `distill check-map`: feature maps side by side, fairly.
+
+`compare_maps(cfg, out)` trains ONE teacher (or loads `teacher.checkpoint`) and computes its
+logits once; then, for every entry of `compare.maps` and every seed of `compare.seeds`, it
+distils the same MPS student architecture end to end on the same data split and records test
+accuracy, agreement and KL with the teacher, parameters and training time.
+
+A map entry is a mapping: `name` (a registered feature map), that map's parameters, and the
+optional keys
+
+    pairing        neighbour | random               pairwise maps only (required for them)
+    pairing_seed   int    random pairing; default student.pairing_seed, else the run's seed
+                          (so each seed draws its own pairing and the spread includes it)
+    pair_shift     float  pairwise maps are applied to inputs shifted by this (default 1.0;
+                          0.0 is the seed's literal map, see `distill.layers.MPS`)
+    feature_dim    int    d for maps built from a dimension (default student.feature_dim)
+                          and for `learned` (with parameters hidden, per_site)
+    label          str    the name in tables (default: built from name, params, pairing)
+
+e.g. `{name: fourier, order: 1}`, `{name: pair_product, pairing: random}`.
+
+Fair comparison (`compare.budget`): the first map, at `student.bond_dim`, is the reference.
+  params   each map gets the bond dimension χ ≥ 1 whose parameter count is closest to the
+           reference's (ties: the smaller χ);
+  d_chi2   each map gets the χ whose d·χ² is closest to d_ref·χ_ref² (the per-site cost).
+The χ chosen for every map is in the table.
+
+Run folder: config.yaml, results.json, results.csv (one row per map and seed), report.md,
+compare_maps.png and teacher/ when the teacher was trained here.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import time
+from pathlib import Path
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from distill import report, teachers, train
+from distill.config import Config, dump_yaml
+from distill.data import site_order
+from distill.errors import DistillError
+from distill.layers import MPS, _unknown_map_error, param_count
+from distill.pipeline import (
+    _student_settings,
+    _teacher_metadata,
+    default_run_dir,
+    get_teacher,
+    load_data,
+    staged_dir,
+    student_inputs,
+)
+from distill.tn.feature_maps import (
+    FeatureMap,
+    ValidityReport,
+    check_feature_map,
+    feature_map_names,
+    init_learned,
+    make_feature_map,
+)
+from distill.tn.pairing import PAIRINGS, make_partners
+
+__all__ = ["MapSpec", "parse_maps", "choose_bond_dims", "compare_maps", "check_map",
+           "format_validity", "console_table", "METRICS", "SIGNIFICANCE_RULE"]
+
+#: Per-seed metrics summarised as mean ± std over seeds.
+METRICS = ("accuracy", "agreement", "kl", "train_time_s", "vanishing_fraction")
+
+#: How report.md decides whether two maps differ by more than the seed spread.
+SIGNIFICANCE_RULE = (
+    "Welch's t-test on the per-seed test accuracies (unequal variances), two-sided, "
+    "p < 0.05: the difference of the means is larger than the seed spread"
+)
+
+_RESERVED = ("name", "pairing", "pairing_seed", "pair_shift", "feature_dim", "label")
+
+
+@dataclasses.dataclass(frozen=True)
+class MapSpec:
+    """One entry of `compare.maps`, checked. `params` go to the map (or learned: hidden, per_site)."""
+
+    label: str
+    name: str
+    params: dict
+    pairing: str | None
+    pairing_seed: int | None
+    pair_shift: float | None
+    feature_dim: int
+
+    def student(self, n_sites: int, n_out: int, bond_dim: int, *, seed: int, cfg: Config,
+                order: np.ndarray) -> MPS:
+        """This map's MPS student (cores drawn from `seed`)."""
+        s = cfg.student
+        pairing_seed = self.pairing_seed
+        if pairing_seed is None:
+            pairing_seed = s.pairing_seed if s.pairing_seed is not None else seed
+        return MPS(n_sites, n_out, bond_dim=bond_dim, feature_map=self.name,
+                   feature_dim=self.feature_dim, feature_params=self.params,
+                   pairing=self.pairing, pairing_seed=pairing_seed, pair_shift=self.pair_shift,
+                   output_site=s.output_site, init_std=s.init_std, site_order=order,
+                   rngs=nnx.Rngs(seed + 1))
+
+
+def _label(name: str, params: dict, pairing: str | None, pair_shift: float | None) -> str:
+    text = name
+    if params:
+        text += "(" + ", ".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
+    if pairing is not None:
+        text += f" [{pairing}]"
+    if pair_shift is not None:
+        text += f" shift {pair_shift:g}"
+    return text
+
+
+def parse_maps(cfg: Config) -> list[MapSpec]:
+    """`compare.maps` as MapSpecs; every problem is a one-line DistillError naming the entry."""
+    entries = cfg.compare.maps
+    if not entries:
+        raise DistillError("config: compare.maps is empty; list the maps to compare, e.g. "
+                           "[{name: trig}, {name: poly, degree: 1}, {name: pair_product, pairing: random}]")
+    names = feature_map_names()
+    specs: list[MapSpec] = []
+    for i, raw in enumerate(entries):
+        where = f"config: compare.maps[{i}]"
+        if not isinstance(raw, dict) or "name" not in raw:
+            raise DistillError(f"{where} must be a mapping with a 'name', e.g. {{name: fourier, order: 1}}")
+        name = raw["name"]
+        if name not in names:
+            raise DistillError(f"{where}: {str(_unknown_map_error(name)).removeprefix('MPS: ')}")
+        pairing = raw.get("pairing")
+        if pairing is not None and pairing not in PAIRINGS:
+            raise DistillError(f"{where}: pairing = {pairing!r} is not allowed: must be one of "
+                               f"{', '.join(PAIRINGS)}")
+        pairing_seed = raw.get("pairing_seed")
+        if pairing_seed is not None and (isinstance(pairing_seed, bool) or not isinstance(pairing_seed, int)
+                                         or pairing_seed < 0):
+            raise DistillError(f"{where}: pairing_seed must be an integer ≥ 0, got {pairing_seed!r}")
+        shift = raw.get("pair_shift")
+        if shift is not None and (isinstance(shift, bool) or not isinstance(shift, (int, float))):
+            raise DistillError(f"{where}: pair_shift must be a number, got {shift!r}")
+        feature_dim = raw.get("feature_dim", cfg.student.feature_dim)
+        if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim < 2:
+            raise DistillError(f"{where}: feature_dim must be an integer ≥ 2, got {feature_dim!r}")
+        params = {k: v for k, v in raw.items() if k not in _RESERVED}
+        label = raw.get("label") or _label(name, params, pairing, None if shift is None else float(shift))
+        specs.append(MapSpec(str(label), name, params, pairing, pairing_seed,
+                             None if shift is None else float(shift), feature_dim))
+    seen: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        if spec.label in seen:
+            raise DistillError(f"config: compare.maps[{seen[spec.label]}] and compare.maps[{i}] are both "
+                               f"{spec.label!r}; give one of them a distinct 'label'")
+        seen[spec.label] = i
+    return specs
+
+
+def _core_params(n: int, d: int, chi: int, m: int) -> int:
+    """Cores of an MPS with n sites (boundary bonds 1) plus log_scale: see tests/test_layers.py."""
+    return 2 * d * chi + (n - 2) * d * chi * chi + chi * m * chi + 1
+
+
+def choose_bond_dims(specs: list[MapSpec], cfg: Config, n_sites: int, n_out: int,
+                     order: np.ndarray, max_chi: int = 512) -> list[dict]:
+    """Per map: {d, bond_dim, params} under cfg.compare.budget (reference: the first map at
+    student.bond_dim). Builds each map's χ = 1 student once, which also validates the map."""
+    info = []
+    for spec in specs:
+        probe = spec.student(n_sites, n_out, 1, seed=0, cfg=cfg, order=order)
+        d = probe.feature_dim
+        extra = param_count(probe) - _core_params(n_sites, d, 1, n_out)  # learned map weights
+        info.append((d, extra))
+    d_ref, extra_ref = info[0]
+    chi_ref = cfg.student.bond_dim
+    target_params = _core_params(n_sites, d_ref, chi_ref, n_out) + extra_ref
+    out = []
+    for i, (d, extra) in enumerate(info):
+        if i == 0:
+            chi = chi_ref
+        elif cfg.compare.budget == "params":
+            chi = min(range(1, max_chi + 1),
+                      key=lambda c: (abs(_core_params(n_sites, d, c, n_out) + extra - target_params), c))
+        else:  # d_chi2
+            chi = min(range(1, max_chi + 1), key=lambda c: (abs(d * c * c - d_ref * chi_ref**2), c))
+        out.append({"d": d, "bond_dim": chi, "params": _core_params(n_sites, d, chi, n_out) + extra})
+    return out
+
+
+def _vanishing_fraction(student: MPS, x: np.ndarray, batch: int = 2048) -> float:
+    """Fraction of inputs whose Φ(x) = ⊗ φ is the zero tensor (some site's φ is 0)."""
+    hits = 0
+    for start in range(0, x.shape[0], batch):
+        phi = np.asarray(student.features(jnp.asarray(x[start:start + batch])))
+        hits += int(np.sum(np.any(np.all(phi == 0.0, axis=-1), axis=-1)))
+    return hits / max(x.shape[0], 1)
+
+
+def _mean_std(values: list[float]) -> dict:
+    """{mean, std}: std is the sample std (ddof 1), 0 for a single value."""
+    arr = np.asarray(values, np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0}
+
+
+def _sort_key(m: dict) -> float:
+    mean = m["summary"]["accuracy"]["mean"]
+    return -mean if mean is not None else float("inf")
+
+
+def _welch_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided Welch t-test p-value; None when either side has < 2 seeds.
+    Both spreads 0: p = 0 if the means differ, else 1."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    a_, b_ = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    va, vb = a_.var(ddof=1) / a_.size, b_.var(ddof=1) / b_.size
+    diff = a_.mean() - b_.mean()
+    if va + vb == 0:
+        return 0.0 if diff != 0 else 1.0
+    import warnings
+
+    from scipy import stats
+
+    with warnings.catch_warnings():  # nearly identical samples: scipy warns, the p-value stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_ind(a_, b_, equal_var=False).pvalue)
+
+
+def _check_modes(cfg: Config) -> None:
+    if cfg.student.family != "mps":
+        raise DistillError(f"compare-maps compares the feature maps of the 'mps' student (one MPS from pixels to "
+                           f"logits); student.family = {cfg.student.family!r} has no feature map to compare")
+    if "layerwise" in cfg.compare.modes:
+        why = ("this version has no layer-by-layer training (distill.train.layerwise)"
+               if not hasattr(train, "layerwise") else
+               "the 'mps' student maps pixels straight to logits")
+        raise DistillError(f"config: compare.modes = {list(cfg.compare.modes)}: 'layerwise' needs a student family "
+                           f"with hidden layers to match the teacher's layer by layer, and {why}; "
+                           "use compare.modes=[end_to_end]")
+
+
+def compare_maps(cfg: Config, out: str | Path | None = None, progress: bool = True) -> tuple[Path, dict]:
+    """Compare cfg.compare.maps × cfg.compare.seeds on one teacher; returns (run folder, results)."""
+    t0 = time.perf_counter()
+    _check_modes(cfg)
+    specs = parse_maps(cfg)
+    final = Path(out) if out is not None else default_run_dir(cfg, "-compare-maps")
+    config_yaml = dump_yaml(cfg)
+    with staged_dir(final) as work:
+        report.write_atomic(work / "config.yaml", config_yaml)
+        data = load_data(cfg)
+        xs = student_inputs(cfg, data)
+        order = site_order(xs.image_shape, cfg.data.ordering)
+        budget = choose_bond_dims(specs, cfg, xs.n_sites, data.num_classes, order)  # validates every map first
+
+        teacher, teacher_hist, source = get_teacher(cfg, data, progress)
+        if teacher_hist is not None:
+            teachers.save_teacher(teacher, work / "teacher", _teacher_metadata(cfg, data))
+        t_train, t_test = (teachers.frozen_logits(teacher, x) for x in (data.x_train, data.x_test))
+        teacher_acc = train.losses.accuracy(t_test, data.y_test)
+
+        maps = []
+        for spec, b in zip(specs, budget):
+            runs = []
+            for seed in cfg.compare.seeds:
+                student = spec.student(xs.n_sites, data.num_classes, b["bond_dim"], seed=seed, cfg=cfg, order=order)
+                settings = _student_settings(dataclasses.replace(cfg, seed=seed))
+                t1 = time.perf_counter()
+                try:
+                    hist = train.end_to_end(student, xs.x_train, t_train, data.y_train, xs.x_val, data.y_val,
+                                            settings, temperature=cfg.distill.temperature, alpha=cfg.distill.alpha,
+                                            desc=f"{spec.label} seed {seed}", progress=progress)
+                except DistillError as err:  # e.g. a NaN loss: record it, keep comparing the others
+                    runs.append({"seed": seed, "failed": str(err), "params": param_count(student),
+                                 "vanishing_fraction": _vanishing_fraction(student, xs.x_test),
+                                 **{k: None for k in METRICS if k != "vanishing_fraction"}, "best_epoch": None})
+                    continue
+                train_time = time.perf_counter() - t1
+                ev = train.evaluate(train.predict(student, xs.x_test), t_test, data.y_test)
+                runs.append({"seed": seed, "accuracy": ev.accuracy, "agreement": ev.agreement, "kl": ev.kl,
+                             "train_time_s": train_time, "vanishing_fraction": _vanishing_fraction(student, xs.x_test),
+                             "best_epoch": hist.best_epoch, "params": param_count(student)})
+            ok = [r for r in runs if "failed" not in r]
+            summary = {"n_ok": len(ok), "n_failed": len(runs) - len(ok)}
+            for metric in METRICS:
+                summary[metric] = _mean_std([r[metric] for r in ok]) if ok else {"mean": None, "std": None}
+            maps.append({"label": spec.label, "name": spec.name, "params_of_map": spec.params,
+                         "pairing": spec.pairing, "pair_shift": spec.pair_shift if spec.pairing else None,
+                         "d": b["d"], "bond_dim": b["bond_dim"], "params": b["params"],
+                         "summary": summary, "runs": runs})
+
+        results = {
+            "name": cfg.name,
+            "dataset": {"name": data.name, "image_shape": list(data.image_shape),
+                        "student_image_shape": list(xs.image_shape), "n_train": int(len(data.y_train)),
+                        "n_val": int(len(data.y_val)), "n_test": int(len(data.y_test))},
+            "teacher": {"accuracy": teacher_acc, "params": param_count(teacher), "source": source},
+            "budget": cfg.compare.budget,
+            "reference": {"label": specs[0].label, "bond_dim": cfg.student.bond_dim, "params": budget[0]["params"],
+                          "d_chi2": budget[0]["d"] * cfg.student.bond_dim ** 2},
+            "seeds": list(cfg.compare.seeds),
+            "epochs": cfg.distill.epochs,
+            "significance_rule": SIGNIFICANCE_RULE,
+            "pairs": _pairs(maps),
+            "maps": maps,
+            "wall_time_s": None,
+        }
+        _plot(work / "compare_maps.png", maps, teacher_acc, cfg)
+        results["wall_time_s"] = time.perf_counter() - t0
+        report.write_json(work / "results.json", results)
+        report.write_atomic(work / "results.csv", _csv(maps))
+        report.write_atomic(work / "report.md", markdown_report(results, config_yaml))
+    return final, results
+
+
+def _pairs(maps: list[dict]) -> list[dict]:
+    out = []
+    for a, b in itertools.combinations(maps, 2):
+        acc_a, acc_b = ([r["accuracy"] for r in m["runs"] if "failed" not in r] for m in (a, b))
+        if not acc_a or not acc_b:
+            continue
+        p = _welch_p(acc_a, acc_b)
+        out.append({"a": a["label"], "b": b["label"],
+                    "delta_accuracy": float(np.mean(acc_a) - np.mean(acc_b)),
+                    "p_value": p, "beyond_seed_spread": None if p is None else bool(p < 0.05)})
+    return out
+
+
+def _csv(maps: list[dict]) -> str:
+    buf = io.StringIO()
+    fields = ["label", "name", "pairing", "d", "bond_dim", "params", "seed", "accuracy", "agreement", "kl",
+              "train_time_s", "vanishing_fraction", "best_epoch", "failed"]
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for m in maps:
+        for r in m["runs"]:
+            w.writerow({"label": m["label"], "name": m["name"], "pairing": m["pairing"] or "", "d": m["d"],
+                        "bond_dim": m["bond_dim"], "params": r["params"], "seed": r["seed"],
+                        "accuracy": r["accuracy"], "agreement": r["agreement"], "kl": r["kl"],
+                        "train_time_s": r["train_time_s"], "vanishing_fraction": r["vanishing_fraction"],
+                        "best_epoch": r["best_epoch"], "failed": r.get("failed", "")})
+    return buf.getvalue()
+
+
+def _pm(s: dict, scale: float = 100.0, fmt: str = ".2f") -> str:
+    return f"{scale * s['mean']:{fmt}} ± {scale * s['std']:{fmt}}"
+
+
+def _rows(results: dict) -> list[list[str]]:
+    rows = []
+    for m in sorted(results["maps"], key=_sort_key):
+        s = m["summary"]
+        vanish = f"{100 * s['vanishing_fraction']['mean']:.1f}" if s["vanishing_fraction"]["mean"] is not None else \
+            f"{100 * np.mean([r['vanishing_fraction'] for r in m['runs']]):.1f}"
+        if not s["n_ok"]:
+            cells = [f"failed on all {s['n_failed']} seeds (see runs)"] + ["–"] * 3
+        else:
+            cells = [_pm(s["accuracy"]), _pm(s["agreement"]), _pm(s["kl"], 1.0, ".3f"),
+                     _pm(s["train_time_s"], 1.0, ".1f")]
+            if s["n_failed"]:
+                cells[0] += f" ({s['n_failed']} seed(s) failed)"
+        rows.append([m["label"], str(m["d"]), str(m["bond_dim"]), f"{m['params']:,}", *cells, vanish])
+    return rows
+
+
+_HEADER = ["map", "d", "χ", "params", "test acc. %", "agreement %", "KL (nats)", "train s", "Φ=0 %"]
+
+
+def console_table(results: dict) -> str:
+    rows = [_HEADER] + _rows(results)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(_HEADER))]
+    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def markdown_report(results: dict, config_yaml: str) -> str:
+    d, ref = results["dataset"], results["reference"]
+    h, w = d["student_image_shape"]
+    budget = (f"parameter count closest to the reference's {ref['params']:,}" if results["budget"] == "params"
+              else f"d·χ² closest to the reference's {ref['d_chi2']:,}")
+    lines = [
+        f"# compare-maps: {results['name']}",
+        "",
+        f"Dataset **{d['name']}** ({d['n_train']} train / {d['n_val']} validation / {d['n_test']} test); the "
+        f"student is one MPS over {h}×{w} = {h * w} sites distilled end to end on the teacher's logits "
+        f"({results['epochs']} epochs). Teacher: {100 * results['teacher']['accuracy']:.2f} % test accuracy, "
+        f"{results['teacher']['params']:,} parameters ({results['teacher']['source']}).",
+        "",
+        f"Budget **{results['budget']}**: the reference is {ref['label']!r} at χ = {ref['bond_dim']}; every other "
+        f"map gets the χ with the {budget}. Values are mean ± std (sample std, ddof 1) over seeds "
+        f"{results['seeds']}; all metrics on the test split. `Φ=0 %`: test inputs whose feature tensor "
+        "Φ(x) = ⊗φ is exactly zero (the student can only output a constant for them).",
+        "",
+        "| " + " | ".join(_HEADER) + " |",
+        "|" + "---|" * len(_HEADER),
+        *("| " + " | ".join(r) + " |" for r in _rows(results)),
+        "",
+        "![mean test accuracy](compare_maps.png)",
+        "",
+        "## Are the differences larger than the seed spread?",
+        "",
+        f"Rule: {results['significance_rule']}.",
+        "",
+        "| map A | map B | Δ mean acc. (pts) | Welch p | beyond seed spread |",
+        "|---|---|---|---|---|",
+    ]
+    for p in results["pairs"]:
+        verdict = "n/a (fewer than 2 seeds)" if p["p_value"] is None else ("yes" if p["beyond_seed_spread"] else "no")
+        pv = "–" if p["p_value"] is None else f"{p['p_value']:.3g}"
+        lines.append(f"| {p['a']} | {p['b']} | {100 * p['delta_accuracy']:+.2f} | {pv} | {verdict} |")
+    failed = [(m["label"], r["seed"], r["failed"]) for m in results["maps"] for r in m["runs"] if "failed" in r]
+    if failed:
+        lines += ["", "## Failed runs (left out of the means)", ""]
+        lines += [f"- {label}, seed {seed}: {msg}" for label, seed, msg in failed]
+    lines += ["", f"Wall time {results['wall_time_s']:.1f} s.", "", "## Resolved config", "", "```yaml",
+              config_yaml.rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def _plot(path: Path, maps: list[dict], teacher_acc: float, cfg: Config) -> None:
+    import matplotlib.pyplot as plt  # report sets the Agg backend
+
+    ordered = sorted((m for m in maps if m["summary"]["n_ok"]), key=_sort_key)
+    means = [100 * m["summary"]["accuracy"]["mean"] for m in ordered]
+    stds = [100 * m["summary"]["accuracy"]["std"] for m in ordered]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(ordered) + 2), 4.2))
+    ax.bar(range(len(ordered)), means, yerr=stds, capsize=5, color="tab:blue", alpha=0.8)
+    ax.axhline(100 * teacher_acc, color="k", ls="--", lw=1, label=f"teacher {100 * teacher_acc:.1f} %")
+    ax.set_xticks(range(len(ordered)), [f"{m['label']}\nχ={m['bond_dim']}" for m in ordered],
+                  rotation=30, ha="right", fontsize=8)
+    lo = min((m - s for m, s in zip(means, stds)), default=100 * teacher_acc)
+    ax.set_ylim(max(0.0, min(lo, 100 * teacher_acc) - 5), 100)
+    ax.set(ylabel="test accuracy (%)",
+           title=f"{cfg.name}: mean ± std over {len(cfg.compare.seeds)} seeds, budget {cfg.compare.budget}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------------------
+# check-map
+# ---------------------------------------------------------------------------------------
+
+
+def check_map(name: str, params: dict | None = None, pairing=None, samples=None, *,
+              pair_shift: float | None = None, seed: int = 0) -> ValidityReport:
+    """Validity report (seed 000 §4) of the registered map `name` built with `params`.
+
+    samples: None (the grid of [0, 1], or [0, 1]² for a pairwise map), values (S,), or a
+    data matrix (N, n) — for a pairwise map its rows are paired by `pairing` (neighbour by
+    default, random with `seed`, or a partner array) into (x_i, x_partner(i)) samples.
+    Pairwise maps are checked as the MPS applies them: on inputs shifted by pair_shift
+    (default 1.0; 0.0 for the seed's literal map). `learned` takes params d, hidden, seed.
+    Never raises for a degenerate map (report.ok is False); unknown names raise DistillError.
+    """
+    params = dict(params or {})
+    if not isinstance(name, str) or name not in feature_map_names():
+        raise DistillError(str(_unknown_map_error(name)).removeprefix("MPS: "))
+    if name == "learned":
+        bad = sorted(set(params) - {"d", "hidden", "seed"})
+        if bad:
+            raise DistillError(f"check-map learned takes parameters d, hidden, seed; got {bad}")
+        import jax
+
+        lp = init_learned(jax.random.key(int(params.get("seed", seed))), int(params.get("d", 2)),
+                          int(params.get("hidden", 8)))
+        fm = make_feature_map("learned", check=False, params=lp)
+    else:
+        fm = make_feature_map(name, check=False, **params)
+    arity_two = fm.arity == 2
+    if arity_two:
+        shift = 1.0 if pair_shift is None else float(pair_shift)
+        base = fm.fn
+        fm = FeatureMap(fm.name if shift == 0 else f"{fm.name} (shift {shift:g})", fm.d,
+                        lambda a, b: base(a + shift, b + shift), fm.params, 2)
+    elif pairing is not None or pair_shift is not None:
+        raise DistillError(f"check-map: {name!r} is a local map; pairing and pair_shift are for pairwise maps")
+    if samples is not None and arity_two:
+        x = np.asarray(samples, np.float64)
+        is_pairs = x.ndim == 2 and x.shape[1] == 2 and pairing is None  # (S, 2) pairs given as such
+        if x.ndim == 2 and not is_pairs:  # a data matrix (N, n): pair its columns
+            partners = make_partners(pairing or "neighbour", x.shape[1], seed=seed)
+            samples = (x.reshape(-1), x[:, partners].reshape(-1))
+    elif samples is not None:
+        samples = np.asarray(samples).reshape(-1)
+    return check_feature_map(fm, samples)
+
+
+def format_validity(r: ValidityReport) -> str:
+    """Multi-line text for `distill check-map`: singular values and OK / refused."""
+    sv = ", ".join(f"{v:.4g}" for v in r.value_sv)
+    dsv = ", ".join(f"{v:.4g}" for v in r.derivative_sv)
+    lines = [
+        f"feature map {r.name!r}: d = {r.d}, checked {r.where} ({r.n_samples} samples)",
+        f"  singular values of φ_k(x_s):     {sv}",
+        f"  singular values of dφ_k/dx(x_s): {dsv}",
+        f"  constant function in span(φ):   {'yes' if r.constant_in_span else 'no'}",
+        f"  samples where φ(x) = 0:          {r.n_vanishing} of {r.n_samples}"
+        + ("  (an MPS gives Φ(x) = 0 for such inputs)" if r.n_vanishing else ""),
+        "OK: valid feature map" if r.ok else f"refused: {r.message}",
+    ]
+    return "\n".join(lines)
