@@ -13,6 +13,11 @@ norm at every step and accumulating the log-norms, so it stays finite and accura
 for chains of thousands of sites. It returns the pair (z, log_norm) with
 a = z · exp(log_norm)[:, None].
 
+Each half-chain can also be contracted as a log-depth tree ("tree": materialise the site
+matrices (B, S, χ, χ) and multiply them pairwise, Frobenius-normalising every product and
+accumulating its log-norm) or as a hybrid ("chunked": scan over chunks, tree inside a chunk).
+`contract(params, phi, method=None)` picks one with `choose_method` (CPU: "scan").
+
 Einsum letters: b batch · n/s site · p physical · l/r bond · o output.
 """
 
@@ -32,6 +37,8 @@ __all__ = [
     "MPSParams",
     "init_mps",
     "contract",
+    "choose_method",
+    "METHODS",
     "contract_dense",
     "to_dense",
     "num_params",
@@ -209,15 +216,137 @@ def _choose_arrangement(d: int, chi: int) -> str:
     return "outer_core" if d == 2 and chi >= 16 else "vec_core"
 
 
-@functools.partial(jax.jit, static_argnames=("arrangement", "unroll"))
-def _contract_impl(params: MPSParams, phi: Array, arrangement: str | None = None, unroll: int = 1):
+def _site_matrices(cores: Array, phis: Array) -> Array:
+    """Arranged cores (S, p, i, j) ("outer_core" layout), phis (S, B, p) → M (S, B, i, j)."""
+    return jnp.einsum("sbp,spij->sbij", phis, cores)
+
+
+def _normalise_mats(m: Array) -> tuple[Array, Array]:
+    """m (..., χ, χ) → (m / ‖m‖_F, log ‖m‖_F) per matrix; safe at ‖m‖ = 0."""
+    nrm2 = jnp.sum(m * m, axis=(-2, -1))
+    nrm2 = jnp.maximum(nrm2, jnp.finfo(m.dtype).tiny)
+    return m * jax.lax.rsqrt(nrm2)[..., None, None], 0.5 * jnp.log(nrm2)
+
+
+def _tree_product(mats: Array, logs: Array) -> tuple[Array, Array]:
+    """Ordered product M_0 @ M_1 @ … of unit-norm matrices by pairwise (log-depth) reduction.
+
+    mats (S, B, χ, χ) with Frobenius norm 1, logs (S, B) their log-scales → (P (B, χ, χ) of
+    unit norm, log-scale (B,)). Every pairwise product is renormalised and its log-norm
+    accumulated, so nothing over- or underflows whatever S is. An odd element at a level is
+    paired with the identity (log-scale 0).
+    """
+    while mats.shape[0] > 1:
+        if mats.shape[0] % 2:
+            eye = jnp.broadcast_to(jnp.eye(mats.shape[-1], dtype=mats.dtype), mats.shape[1:])
+            mats = jnp.concatenate([mats, eye[None]], axis=0)
+            logs = jnp.concatenate([logs, jnp.zeros_like(logs[:1])], axis=0)
+        prod, log_p = _normalise_mats(jnp.einsum("sbij,sbjk->sbik", mats[0::2], mats[1::2]))
+        mats, logs = prod, logs[0::2] + logs[1::2] + log_p
+    return mats[0], logs[0]
+
+
+def _segment_tree(v0: Array, cores: Array, phis: Array) -> tuple[Array, Array]:
+    """"tree": materialise all site matrices of a segment and multiply them pairwise.
+
+    v0 (B, χ) unit vector, cores arranged (S, p, i, j), phis (S, B, p) in sweep order →
+    (v (B, χ) unit vector, log-norm (B,)).
+    """
+    mats, logs = _normalise_mats(_site_matrices(cores, phis))
+    prod, log_p = _tree_product(mats, logs)
+    v, log_v = _normalise(jnp.einsum("bi,bij->bj", v0, prod))
+    return v, log_p + log_v
+
+
+def _segment_chunked(v0: Array, cores: Array, phis: Array, chunk: int) -> tuple[Array, Array]:
+    """"chunked": scan over chunks of `chunk` sites; inside a chunk, a tree product.
+
+    Sites that do not fill a whole chunk (the first S mod chunk) go through one extra tree
+    product before the scan. Memory of the live site matrices is B·chunk·χ² instead of B·S·χ².
+    """
+    s = cores.shape[0]
+    n_chunks, rem = divmod(s, chunk)
+    v, log_norm = v0, jnp.zeros(v0.shape[:1], v0.dtype)
+    if rem:
+        v, log_norm = _segment_tree(v, cores[:rem], phis[:rem])
+    if n_chunks:
+        c = cores[rem:].reshape((n_chunks, chunk) + cores.shape[1:])
+        p = phis[rem:].reshape((n_chunks, chunk) + phis.shape[1:])
+
+        def body(v, xs):
+            return _segment_tree(v, *xs)
+
+        v, logs = jax.lax.scan(body, v, (c, p))
+        log_norm = log_norm + jnp.sum(logs, axis=0)
+    return v, log_norm
+
+
+def _segment_scan(v0, cores, phis, arrangement, unroll):
+    """"scan": one vector–matrix step per site (`_step`), renormalised every step."""
+    v, logs = _sweep(v0, cores, phis, arrangement, unroll)
+    return v, jnp.sum(logs, axis=0)
+
+
+METHODS = ("scan", "tree", "chunked")
+
+
+def choose_method(n_sites: int, d: int, chi: int, batch: int, backend: str | None = None) -> str:
+    """The contraction method `contract(..., method=None)` uses for these sizes.
+
+    CPU: "scan" everywhere. The tree does χ³ work per site instead of d·χ², materialises
+    (B, n, χ, χ), and XLA:CPU runs the batched χ×χ products slowly; on two cores (jax 0.10.2,
+    forward+backward+Adam, samples/s scan / chunked / tree, machine shared, load 6-9):
+      n 784 d 3 χ 10 B 500: 8,989 / 606 / 536
+      n 196 d 2 χ 32 B 256: 25,736 / 285 / 351
+      n 784 d 2 χ 64 B 128: 1,596 / 6 / 2
+    Re-measure with `scripts/bench_contraction.py` on other hardware.
+    GPU/TPU: "tree" (log₂ n sequential depth instead of n kernel launches) while the site
+    matrices of one segment fit in a modest budget, else "chunked" (bounded memory, still
+    n / chunk sequential steps). This branch is not measured on this project's hardware yet.
+    """
+    backend = backend or jax.default_backend()
+    if backend == "cpu":
+        return "scan"
+    bytes_needed = 4 * batch * n_sites * chi * chi * 3  # site matrices + tree levels + grads
+    return "tree" if bytes_needed <= 2 << 30 else "chunked"
+
+
+def _auto_chunk(n_seg: int) -> int:
+    """Chunk length for "chunked": about sqrt of the segment, at least 8, at most 64."""
+    return int(min(64, max(8, round(n_seg**0.5))))
+
+
+@functools.partial(jax.jit, static_argnames=("arrangement", "unroll", "method", "chunk"))
+def _contract_impl(
+    params: MPSParams,
+    phi: Array,
+    arrangement: str | None = None,
+    unroll: int = 1,
+    method: str | None = None,
+    chunk: int | None = None,
+):
     n, d, chi, m, k = mps_dims(params)
     if phi.ndim != 3 or phi.shape[1] != n or phi.shape[2] != d:
         raise DistillError(
             f"MPS contract: phi must have shape (batch, {n}, {d}), got {tuple(phi.shape)}"
         )
-    if arrangement is None:
+    if method is None:
+        method = choose_method(n, d, chi, phi.shape[0])
+    if method not in METHODS:
+        raise DistillError(f"MPS contract: method must be one of {METHODS} or None, got {method!r}")
+    if method != "scan":
+        arrangement = "outer_core"  # (p, i, j) layout: site matrices are one einsum away
+    elif arrangement is None:
         arrangement = _choose_arrangement(d, chi)
+
+    def segment(v0, cores, phis):
+        if method == "scan":
+            return _segment_scan(v0, cores, phis, arrangement, unroll)
+        if method == "tree":
+            return _segment_tree(v0, cores, phis)
+        c = chunk or _auto_chunk(cores.shape[0])
+        return _segment_chunked(v0, cores, phis, min(c, cores.shape[0]))
+
     phi = phi.astype(params.out.dtype)
     L, log_l = _normalise(jnp.einsum("bp,pr->br", phi[:, 0], params.first))
     R, log_r = _normalise(jnp.einsum("bp,pl->bl", phi[:, n - 1], params.last))
@@ -225,25 +354,34 @@ def _contract_impl(params: MPSParams, phi: Array, arrangement: str | None = None
     if k > 1:  # sites 1..k-1, left to right
         phi_left = jnp.einsum("bnp->nbp", phi[:, 1:k])
         c_left = _arrange(params.left, "left", arrangement)
-        L, logs = _sweep(L, c_left, phi_left, arrangement, unroll)
-        log_norm = log_norm + jnp.sum(logs, axis=0)
-    if n - k - 1 > 0:  # sites n-2..k, right to left
-        phi_right = jnp.einsum("bnp->nbp", phi[:, k : n - 1])
-        c_right = _arrange(params.right, "right", arrangement)
-        R, logs = _sweep(R, c_right, phi_right, arrangement, unroll, reverse=True)
-        log_norm = log_norm + jnp.sum(logs, axis=0)
+        L, log_s = segment(L, c_left, phi_left)
+        log_norm = log_norm + log_s
+    if n - k - 1 > 0:  # sites n-2..k, right to left (reversed into sweep order)
+        phi_right = jnp.einsum("bnp->nbp", phi[:, k : n - 1])[::-1]
+        c_right = _arrange(params.right, "right", arrangement)[::-1]
+        R, log_s = segment(R, c_right, phi_right)
+        log_norm = log_norm + log_s
     z = jnp.einsum("bl,lor,br->bo", L, params.out, R)
     return z, log_norm
 
 
-def contract(params: MPSParams, phi: Array) -> tuple[Array, Array]:
+def contract(
+    params: MPSParams, phi: Array, *, method: str | None = None, chunk: int | None = None
+) -> tuple[Array, Array]:
     """Stable contraction of the MPS with local feature vectors.
 
     params: MPSParams; phi (B, n, d) → (z (B, m), log_norm (B,)) with
     T·Φ(x_b) = z[b] · exp(log_norm[b]). z is L̂ · out · R̂ for the unit-normalised left and
     right environment vectors, so |z| ≤ ‖out‖ whatever the chain length.
+
+    method: how each half-chain (sites left / right of the output core) is contracted —
+      "scan"    sequential vector–matrix steps (lax.scan), cost n·d·χ² per sample, depth n;
+      "tree"    build all site matrices (B, n, χ, χ), multiply pairwise, cost n·χ³, depth log₂ n;
+      "chunked" scan over chunks of `chunk` sites (default ≈ √n, 8..64), tree inside a chunk;
+      None      `choose_method(n, d, χ, B)` (CPU: "scan"; GPU/TPU: "tree", "chunked" if large).
+    All renormalise every product and accumulate the log-norm, so all are stable in float32.
     """
-    return _contract_impl(params, phi)
+    return _contract_impl(params, phi, method=method, chunk=chunk)
 
 
 # ---------------------------------------------------------------------------------------

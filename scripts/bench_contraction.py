@@ -1,0 +1,447 @@
+"""Training-step throughput of our MPS contraction against TensorKrowch and TensorNetwork.
+
+One training step = forward + backward + Adam update of an MPS classifier (poly feature map,
+cross-entropy) on a batch. Every system is warmed up (compile / trace) first, then timed for
+up to `--steps` steps or `--budget-s` seconds (at least `--min-steps`); the median step time
+gives samples/s. Systems:
+
+  ours[scan|tree|chunked]  distill.tn.mps.contract(method=...) under one jitted optax step;
+                           "ours" is the method `contract(method=None)` picks here
+  tensorkrowch             tk.models.MPSLayer(n_features=sites+1, in_dim=d, out_dim=outputs,
+                           bond_dim=chi), tk.embeddings.poly, auto_stack=True,
+                           auto_unbind=False, model.trace(example) first, torch.optim.Adam,
+                           torch threads = --threads (its docs' recommended fast setup)
+  tensornetwork            tensornetwork.ncon on the JAX backend: the whole network of one
+                           sample (cores + φ vectors) in one ncon, vmapped over the batch,
+                           jitted with optax Adam (no renormalisation: ncon has none)
+
+Peers that are not installed are skipped with a note. Prints a table of samples/s and ratios
+and writes JSON (one entry per shape).
+
+    python scripts/bench_contraction.py                       # the three default shapes
+    python scripts/bench_contraction.py --shape 784,3,10,10,500 --steps 10
+    python scripts/bench_contraction.py --scaling --plot docs/bench/scaling.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from distill.tn import mps  # noqa: E402
+from distill.tn.feature_maps import poly  # noqa: E402
+
+DEFAULT_SHAPES = [(784, 3, 10, 10, 500), (196, 2, 32, 10, 256), (784, 2, 64, 10, 128)]
+OUR_METHODS = ("scan", "chunked", "tree")
+
+
+def load_avg() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def time_steps(step, *, steps, min_steps, budget_s):
+    """Warm up once (compiles / traces), then time up to `steps` calls within `budget_s`."""
+    t0 = time.perf_counter()
+    step()
+    warmup_s = time.perf_counter() - t0
+    times = []
+    start = time.perf_counter()
+    while len(times) < steps and (len(times) < min_steps or time.perf_counter() - start < budget_s):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return {"median_s": statistics.median(times), "min_s": min(times), "steps": len(times),
+            "warmup_s": warmup_s}
+
+
+def make_data(sites, outputs, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(batch, sites)).astype(np.float32)
+    y = rng.integers(0, outputs, batch)
+    return x, y
+
+
+# --------------------------------------------------------------------------- ours
+
+
+def ours_step(sites, d, chi, outputs, batch, method, lr=1e-3):
+    """A jitted forward+backward+Adam step on MPSParams; returns a zero-argument runner."""
+    params = mps.init_mps(jax.random.key(0), sites, d, chi, outputs)
+    opt = optax.adam(lr)
+    x, y = make_data(sites, outputs, batch)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+
+    def loss(p, x, y):
+        z, _ = mps.contract(p, poly(x, d), method=method)
+        return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
+
+    @jax.jit
+    def step(p, s, x, y):
+        l, g = jax.value_and_grad(loss)(p, x, y)
+        upd, s = opt.update(g, s, p)
+        return optax.apply_updates(p, upd), s, l
+
+    state = {"p": params, "s": opt.init(params)}
+
+    def run():
+        state["p"], state["s"], l = step(state["p"], state["s"], x, y)
+        jax.block_until_ready(l)
+        return l
+
+    return run
+
+
+def ours_forward_backward(sites, d, chi, outputs, batch, method):
+    """Jitted value_and_grad only (the scaling study)."""
+    params = mps.init_mps(jax.random.key(0), sites, d, chi, outputs)
+    x, y = make_data(sites, outputs, batch)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+
+    def loss(p):
+        z, _ = mps.contract(p, poly(x, d), method=method)
+        return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
+
+    f = jax.jit(jax.value_and_grad(loss))
+    return lambda: jax.block_until_ready(f(params))
+
+
+# --------------------------------------------------------------------------- TensorKrowch
+
+
+def tensorkrowch_step(sites, d, chi, outputs, batch, threads, lr=1e-3):
+    import tensorkrowch as tk
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = tk.models.MPSLayer(n_features=sites + 1, in_dim=d, out_dim=outputs, bond_dim=chi,
+                               init_method="randn_eye", std=1e-9)
+    model.auto_stack = True
+    model.auto_unbind = False
+    x, y = make_data(sites, outputs, batch)
+    x = tk.embeddings.poly(torch.from_numpy(x), degree=d - 1)  # (B, sites, d)
+    y = torch.from_numpy(y)
+    model.trace(torch.zeros(1, sites, d))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def run():
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return run
+
+
+# --------------------------------------------------------------------------- TensorNetwork
+
+
+def tensornetwork_step(sites, d, chi, outputs, batch, lr=1e-3):
+    import tensornetwork as tn
+
+    params = mps.init_mps(jax.random.key(0), sites, d, chi, outputs)
+    n, k = sites, mps.mps_dims(params).output_site
+    # Labels in the order ncon contracts them: left half from site 0, then the right half
+    # from site n-1, then the two bonds of the output core (so the open leg `o` comes last).
+    nxt = [1]
+
+    def new():
+        nxt[0] += 1
+        return nxt[0] - 1
+
+    phys = {}
+    bond = {}  # bond s sits between site s-1 and s (s = 1..n-1); output core between k-1, k
+    for s in range(0, k):
+        phys[s] = new()
+        if s < k - 1:
+            bond[s + 1] = new()
+    for s in range(n - 1, k - 1, -1):
+        phys[s] = new()
+        if s > k:
+            bond[s] = new()
+    bond_l, bond_r = new(), new()
+    core_labels = [[phys[0], bond[1] if k > 1 else bond_l]]
+    for s in range(1, k):
+        core_labels.append([phys[s], bond[s], bond[s + 1] if s < k - 1 else bond_l])
+    core_labels.append([bond_l, -1, bond_r])
+    for s in range(k, n - 1):
+        core_labels.append([phys[s], bond_r if s == k else bond[s], bond[s + 1]])
+    core_labels.append([phys[n - 1], bond[n - 1] if n - 1 > k else bond_r])
+    vec_labels = [[phys[s]] for s in range(n)]
+
+    def one_sample(p, phi):  # phi (n, d) → (m,)
+        cores = ([p.first] + [p.left[i] for i in range(k - 1)] + [p.out]
+                 + [p.right[i] for i in range(n - k - 1)] + [p.last])
+        vecs = [phi[s] for s in range(n)]
+        return tn.ncon(cores + vecs, core_labels + vec_labels, backend="jax")
+
+    opt = optax.adam(lr)
+    x, y = make_data(sites, outputs, batch)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+
+    def loss(p, x, y):
+        z = jax.vmap(one_sample, in_axes=(None, 0))(p, poly(x, d))
+        return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
+
+    @jax.jit
+    def step(p, s, x, y):
+        l, g = jax.value_and_grad(loss)(p, x, y)
+        upd, s = opt.update(g, s, p)
+        return optax.apply_updates(p, upd), s, l
+
+    state = {"p": params, "s": opt.init(params)}
+
+    def run():
+        state["p"], state["s"], l = step(state["p"], state["s"], x, y)
+        jax.block_until_ready(l)
+        return l
+
+    return run
+
+
+def peer_available(module: str) -> str | None:
+    try:
+        __import__(module)
+        return None
+    except Exception as e:  # noqa: BLE001 - report why the peer is skipped
+        return f"{type(e).__name__}: {e}"
+
+
+# --------------------------------------------------------------------------- main bench
+
+
+def bench_shape(shape, args, methods, notes):
+    sites, d, chi, outputs, batch = shape
+    auto = mps.choose_method(sites, d, chi, batch)
+    row = {"sites": sites, "d": d, "chi": chi, "outputs": outputs, "batch": batch,
+           "auto_method": auto, "load_avg_before": load_avg(), "timing": {}}
+    sps = {}
+    todo = [(f"ours[{m}]", lambda m=m: ours_step(*shape, method=m)) for m in methods]
+    if "tensorkrowch" not in args.skip:
+        if (why := peer_available("tensorkrowch")) is None:
+            todo.append(("tensorkrowch", lambda: tensorkrowch_step(*shape, args.threads)))
+        else:
+            notes.add(f"tensorkrowch skipped: not importable ({why})")
+    n_params = d * chi * chi * sites
+    if "tensornetwork" not in args.skip and n_params > args.tn_max_params:
+        notes.add(f"tensornetwork skipped above --tn-max-params {args.tn_max_params:,} core "
+                  "parameters: XLA's compile of the fully unrolled per-sample ncon (one dot per "
+                  "tensor) had not finished after 4 minutes at 784,2,64,10,128 on 2 cores")
+        row["tensornetwork_skipped"] = True
+    elif "tensornetwork" not in args.skip:
+        if (why := peer_available("tensornetwork")) is None:
+            todo.append(("tensornetwork", lambda: tensornetwork_step(*shape)))
+        else:
+            notes.add(f"tensornetwork skipped: not importable ({why})")
+    for name, make in todo:
+        print(f"  {shape} {name} ...", end="", flush=True)
+        t0 = time.perf_counter()
+        run = make()
+        setup_s = time.perf_counter() - t0
+        budget = args.budget_s * (0.25 if "tree" in name else 1.0)
+        t = time_steps(run, steps=args.steps, min_steps=args.min_steps, budget_s=budget)
+        t["setup_s"] = setup_s
+        row["timing"][name] = t
+        sps[name] = batch / t["median_s"]
+        print(f" {sps[name]:,.0f} samples/s ({t['steps']} steps, warm-up {t['warmup_s']:.1f}s)")
+    row["samples_per_s"] = {k: round(v, 1) for k, v in sps.items()}
+    row["samples_per_s_ours"] = sps.get(f"ours[{auto}]")
+    tk = sps.get("tensorkrowch")
+    ours = row["samples_per_s_ours"]
+    row["samples_per_s_tensorkrowch"] = tk
+    row["samples_per_s_tensornetwork"] = sps.get("tensornetwork")
+    row["speedup_vs_tensorkrowch"] = ours / tk if (ours and tk) else None
+    tnv = sps.get("tensornetwork")
+    row["speedup_vs_tensornetwork"] = ours / tnv if (ours and tnv) else None
+    row["load_avg_after"] = load_avg()
+    return row
+
+
+def print_table(rows):
+    names = []
+    for r in rows:
+        names += [k for k in r["samples_per_s"] if k not in names]
+    hdr = f"{'sites':>5} {'d':>2} {'chi':>4} {'out':>4} {'batch':>5} {'auto':>7} " + " ".join(
+        f"{n:>15}" for n in names) + f" {'ours/TK':>8} {'ours/TN':>8}"
+    print("\nsamples/s (forward + backward + Adam step), median over timed steps")
+    print(hdr)
+    for r in rows:
+        cells = " ".join(
+            f"{r['samples_per_s'][n]:>15,.0f}" if n in r["samples_per_s"] else f"{'-':>15}"
+            for n in names)
+        tk = r["speedup_vs_tensorkrowch"]
+        tnr = r["speedup_vs_tensornetwork"]
+        print(f"{r['sites']:>5} {r['d']:>2} {r['chi']:>4} {r['outputs']:>4} {r['batch']:>5} "
+              f"{r['auto_method']:>7} {cells} {f'{tk:.1f}x' if tk else '-':>8} "
+              f"{f'{tnr:.1f}x' if tnr else '-':>8}")
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+def fit_exponent(xs, ts, upper_from):
+    sel = [(x, t) for x, t in zip(xs, ts) if x >= upper_from]
+    lx, lt = np.log([s[0] for s in sel]), np.log([s[1] for s in sel])
+    slope, _ = np.polyfit(lx, lt, 1)
+    return float(slope), [s[0] for s in sel]
+
+
+def scaling_study(args):
+    res = {"batch": args.scaling_batch, "d": 2, "outputs": 10, "series": []}
+    specs = [
+        # (varied, method, fixed chi / sites, values, fit from, theory)
+        # sites: from 1024 up, past the step where the scan's saved residuals (B·n·χ floats)
+        # leave the CPU caches (512 → 1024 costs 3×, not 2×, on the 2-core box)
+        ("sites", "scan", 16, [64, 128, 256, 512, 1024, 2048, 4096], 1024, 1.0),
+        ("chi", "scan", 256, [4, 8, 16, 32, 64, 128], 32, 2.0),
+        ("chi", "tree", 64, [4, 8, 16, 32, 64, 128], 32, 3.0),
+    ]
+    for varied, method, fixed, values, fit_from, theory in specs:
+        ts = []
+        for v in values:
+            sites, chi = (v, fixed) if varied == "sites" else (fixed, v)
+            run = ours_forward_backward(sites, 2, chi, 10, args.scaling_batch, method)
+            t = time_steps(run, steps=args.steps, min_steps=3, budget_s=args.budget_s / 2)
+            ts.append(t["median_s"])
+            print(f"  scaling {method} {varied}={v} (sites {sites}, chi {chi}): "
+                  f"{t['median_s'] * 1e3:.2f} ms", flush=True)
+        slope, used = fit_exponent(values, ts, fit_from)
+        slope_half, used_half = fit_exponent(values, ts, values[len(values) // 2])
+        res["series"].append({
+            "varied": varied, "method": method,
+            "fixed": {"chi": fixed} if varied == "sites" else {"sites": fixed},
+            "values": values, "median_s": ts, "fit_over": used,
+            "exponent": slope, "theory": theory,
+            "exponent_upper_half": slope_half, "upper_half": used_half,
+            "rel_error": abs(slope - theory) / theory,
+        })
+        print(f"  → {method} time ∝ {varied}^{slope:.2f} (theory {theory:g}, fit over {used}; "
+              f"upper half {used_half}: {slope_half:.2f})")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for s in res["series"]:
+            ax = axes[0] if s["varied"] == "sites" else axes[1]
+            ax.loglog(s["values"], s["median_s"], "o-",
+                      label=f"{s['method']}: slope {s['exponent']:.2f} (theory {s['theory']:g})")
+            # theory line anchored at the last point
+            xv = np.asarray(s["fit_over"], float)
+            ax.loglog(xv, s["median_s"][-1] * (xv / xv[-1]) ** s["theory"], "k:", lw=1)
+        axes[0].set(xlabel="sites n (χ = 16)", ylabel="forward+backward time [s]")
+        axes[1].set(xlabel="bond dimension χ (n = 256 scan, n = 64 tree)")
+        for ax in axes:
+            ax.legend(fontsize=8)
+            ax.grid(True, which="both", alpha=0.3)
+        fig.suptitle(f"distill MPS forward+backward, batch {args.scaling_batch}, d = 2, "
+                     f"{jax.default_backend()}, {os.cpu_count()} cores (dotted: theory slope)")
+        fig.tight_layout()
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.plot, dpi=110)
+        print(f"wrote {args.plot}")
+    return res
+
+
+def parse_shape(text: str):
+    parts = [int(v) for v in text.split(",")]
+    if len(parts) != 5:
+        raise argparse.ArgumentTypeError("shape must be sites,d,chi,outputs,batch")
+    return tuple(parts)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] + " Times forward+backward+Adam per system and "
+        "shape (warm-up, then the median of up to --steps steps within --budget-s), prints "
+        "samples/s and the ratios ours/TensorKrowch and ours/TensorNetwork, writes JSON.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument("--shape", type=parse_shape, action="append",
+                    help="sites,d,chi,outputs,batch (repeatable); default: "
+                    + " ".join(",".join(map(str, s)) for s in DEFAULT_SHAPES))
+    ap.add_argument("--methods", default=",".join(OUR_METHODS),
+                    help="our contraction methods to time (comma list of scan,tree,chunked); "
+                    "the auto choice is always included")
+    ap.add_argument("--skip", default="", help="peers to skip: tensorkrowch,tensornetwork")
+    ap.add_argument("--steps", type=int, default=10, help="max timed steps per system")
+    ap.add_argument("--min-steps", type=int, default=2, help="min timed steps per system")
+    ap.add_argument("--budget-s", type=float, default=20.0,
+                    help="time budget per system and shape for the timed steps (tree: 1/4)")
+    ap.add_argument("--tn-max-params", type=int, default=1_000_000,
+                    help="skip TensorNetwork above this many core parameters (sites·d·χ²): "
+                    "its unrolled ncon graph compiles for minutes")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for TensorKrowch")
+    ap.add_argument("--json", default="bench_results/bench_contraction.json",
+                    help="where to write the JSON results (folder is created)")
+    ap.add_argument("--scaling", action="store_true",
+                    help="run the scaling study (time vs sites and vs χ, log-log fits) instead")
+    ap.add_argument("--scaling-batch", type=int, default=128, help="batch for --scaling")
+    ap.add_argument("--plot", default=None, help="PNG path for the --scaling plot")
+    args = ap.parse_args(argv)
+    args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+
+    env = {"jax_version": jax.__version__, "backend": jax.default_backend(),
+           "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
+           "platform": platform.platform(), "load_avg_start": load_avg()}
+    print(f"jax {jax.__version__}, backend {env['backend']}, cpus {env['cpu_count']}, "
+          f"load {env['load_avg_start']}")
+    if args.scaling:
+        out = {"benchmark": "distill MPS forward+backward scaling", **env,
+               "scaling": scaling_study(args), "load_avg_end": load_avg()}
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        notes: set[str] = set()
+        rows = []
+        for shape in args.shape or DEFAULT_SHAPES:
+            ms = list(dict.fromkeys([mps.choose_method(shape[0], shape[1], shape[2], shape[4])]
+                                    + methods))
+            rows.append(bench_shape(shape, args, ms, notes))
+            write_json(args.json, {**env, "partial": True, "results": rows})
+        print_table(rows)
+        for note in sorted(notes):
+            print("note:", note)
+        try:
+            import torch
+            import tensorkrowch
+            env["torch_version"], env["tensorkrowch_version"] = torch.__version__, tensorkrowch.__version__
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            from importlib.metadata import version
+            env["tensornetwork_version"] = version("tensornetwork-ng")
+        except Exception:  # noqa: BLE001
+            pass
+        out = {"benchmark": "MPS classifier training step (forward+backward+Adam), float32, "
+               "poly feature map, uniform random inputs", **env, "notes": sorted(notes),
+               "results": rows, "load_avg_end": load_avg()}
+    write_json(args.json, out)
+    print(f"wrote {args.json}")
+    return 0
+
+
+def write_json(path, obj):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
