@@ -238,15 +238,6 @@ class MPS(nnx.Module):
         self.output_site = k
         self.dtype = dtype
 
-        p = mps_lib.init_mps(
-            rngs.params(), n_sites, d, bond_dim, n_out,
-            output_site=k, init_std=init_std, dtype=dtype,
-        )
-        self.first = nnx.Param(p.first)
-        self.left = nnx.Param(p.left)
-        self.out = nnx.Param(p.out)
-        self.right = nnx.Param(p.right)
-        self.last = nnx.Param(p.last)
         # z = L̂·out·R̂ already has unit variance per output at init (out ~ N(0, 1)), so
         # exp(0) = 1 starts the logits at O(1).
         self.log_scale = nnx.Param(jnp.zeros((), dtype))
@@ -262,6 +253,19 @@ class MPS(nnx.Module):
             self._phi = None
         else:
             self._phi = fm.fn
+        # Start every site matrix near a positive multiple of the identity for this map: the
+        # identity goes on the combination of components that best fits the constant 1.
+        grid = jnp.tile(jnp.linspace(0.0, 1.0, 33, dtype=dtype)[:, None], (1, n_sites))
+        weights = mps_lib.identity_weights_for(self.features(grid).reshape(-1, d))
+        p = mps_lib.init_mps(
+            rngs.params(), n_sites, d, bond_dim, n_out,
+            output_site=k, init_std=init_std, identity_weights=weights, dtype=dtype,
+        )
+        self.first = nnx.Param(p.first)
+        self.left = nnx.Param(p.left)
+        self.out = nnx.Param(p.out)
+        self.right = nnx.Param(p.right)
+        self.last = nnx.Param(p.last)
 
     @property
     def params(self) -> mps_lib.MPSParams:

@@ -266,3 +266,31 @@ def test_contract_rejects_wrong_phi_shape():
     p = mps.init_mps(jax.random.key(0), 5, 2, 3, 2)
     with pytest.raises(DistillError, match=r"\(batch, 5, 2\)"):
         mps.contract(p, jnp.zeros((4, 5, 3)))
+
+
+def test_a_zero_feature_vector_gives_zero_output_and_finite_gradients():
+    # The seed's pairwise map [x_a, x_a·x_b] is exactly 0 at x_a = 0: that sample's output must
+    # be 0 and every gradient finite (a floored norm would scale it by ~1e19 and overflow).
+    rng = np.random.default_rng(0)
+    p = mps.init_mps(jax.random.key(0), 10, 2, 4, 3)
+    phi = jnp.asarray(rng.uniform(size=(5, 10, 2)).astype(np.float32)).at[0, 3].set(0.0)
+
+    def loss(params):
+        z, log_norm = mps.contract(params, phi)
+        return jnp.sum(z**2) + jnp.sum(log_norm)
+
+    grads = jax.grad(loss)(p)
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+    z, _ = mps.contract(p, phi)
+    np.testing.assert_array_equal(np.asarray(z[0]), 0.0)
+    assert float(jnp.abs(z[1:]).min()) > 0
+
+
+@pytest.mark.parametrize("phi_fn, want", [
+    (lambda x: np.stack([np.cos(np.pi * x / 2), np.sin(np.pi * x / 2)], 1), [1.0, 1.0]),
+    (lambda x: np.stack([np.ones_like(x), x], 1), [1.0, 0.0]),
+    (lambda x: np.stack([np.ones_like(x), np.cos(2 * np.pi * x), np.sin(2 * np.pi * x)], 1), [1.0, 0.0, 0.0]),
+])
+def test_identity_weights_fit_the_constant(phi_fn, want):
+    x = np.linspace(0, 1, 33)
+    np.testing.assert_allclose(mps.identity_weights_for(phi_fn(x)), want, atol=1e-6)

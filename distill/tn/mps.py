@@ -103,14 +103,17 @@ def init_mps(
     *,
     output_site: int | None = None,
     init_std: float = 0.01,
+    identity_weights=None,
     dtype=jnp.float32,
 ) -> MPSParams:
-    """Near-identity initialisation.
+    """Near-identity initialisation, with weights w (d,) (default: all ones) on the identity.
 
-    - bulk cores: A[p] = I + N(0, init_std²) for every physical component p, so each site
-      matrix Σ_p φ_p A[p] ≈ (Σ_p φ_p) I is well conditioned and the chain neither vanishes
-      nor explodes (the running vectors are renormalised anyway);
-    - first / last: e_0 + N(0, init_std²) for every p (the boundary vector starts on bond
+    - bulk cores: A[p] = w_p I + N(0, init_std²) for every physical component p, so each site
+      matrix Σ_p φ_p A[p] ≈ (Σ_p w_p φ_p) I is well conditioned and the chain neither vanishes
+      nor explodes (the running vectors are renormalised anyway). Choose w so that
+      Σ_p w_p φ_p(x) stays away from 0 on the data (`identity_weights_for`): with w = 1 a map
+      such as Fourier [1, cos 2πx, sin 2πx] gives 1 + cos + sin, which is 0 at x = 1/2;
+    - first / last: w_p e_0 + N(0, init_std²) for every p (the boundary vector starts on bond
       channel 0; the noise in the bulk cores mixes the other channels in);
     - out: N(0, 1), so that z = L̂ · out · R̂ with unit vectors L̂, R̂ has unit variance per
       output at initialisation (O(1) logits, O(1) gradients flowing back into the chain).
@@ -122,21 +125,40 @@ def init_mps(
     k = resolve_output_site(n_sites, output_site)
     if not init_std >= 0:
         raise DistillError(f"MPS: init_std must be >= 0, got {init_std!r}")
-    return _init_arrays(key, jnp.asarray(init_std, dtype), n_sites, d, chi, n_out, k, dtype)
+    w = jnp.ones((d,), dtype) if identity_weights is None else jnp.asarray(identity_weights, dtype)
+    if w.shape != (d,):
+        raise DistillError(f"MPS: identity_weights must have shape ({d},), got {w.shape}")
+    return _init_arrays(key, jnp.asarray(init_std, dtype), w, n_sites, d, chi, n_out, k, dtype)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
-def _init_arrays(key, init_std, n_sites, d, chi, n_out, k, dtype) -> MPSParams:
+def identity_weights_for(phi: Array) -> np.ndarray:
+    """w (d,) with Σ_p w_p φ_p(x) ≈ 1 on the samples phi (S, d) (least squares), scaled to max |w| = 1.
+
+    Used by `init_mps` so that every site matrix starts near a positive multiple of the
+    identity whatever the feature map: trig gives w ∝ (1, 1), poly [1, x] gives (1, 0),
+    Fourier (1, 0, 0), trig d = 3 (1, 0, 1) (cos² + sin² = 1).
+    """
+    phi = np.asarray(phi, np.float64)
+    w, *_ = np.linalg.lstsq(phi, np.ones(phi.shape[0]), rcond=None)
+    top = np.max(np.abs(w))
+    if not top > 0:
+        return np.ones(phi.shape[1])
+    w = w / top
+    return np.where(np.abs(w) < 1e-6, 0.0, w)  # exact zeros for components the constant does not need
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
+def _init_arrays(key, init_std, w, n_sites, d, chi, n_out, k, dtype) -> MPSParams:
     k_first, k_left, k_out, k_right, k_last = jax.random.split(key, 5)
     eye = jnp.eye(chi, dtype=dtype)
     e0 = eye[0]
 
     def bulk(k_, n_cores):
         noise = jax.random.normal(k_, (n_cores, d, chi, chi), dtype)
-        return eye + init_std * noise
+        return jnp.einsum("p,lr->plr", w, eye) + init_std * noise
 
     def boundary(k_):
-        return e0 + init_std * jax.random.normal(k_, (d, chi), dtype)
+        return jnp.einsum("p,r->pr", w, e0) + init_std * jax.random.normal(k_, (d, chi), dtype)
 
     return MPSParams(
         first=boundary(k_first),
@@ -158,11 +180,18 @@ def num_params(params: MPSParams) -> int:
 
 
 def _normalise(v: Array) -> tuple[Array, Array]:
-    """v (..., χ) → (v / |v|, log |v|); safe at |v| = 0 (no NaN gradient)."""
+    """v (..., χ) → (v / |v|, log |v|); a zero vector stays 0 with a zero gradient (no NaN).
+
+    A zero vector arises when some φ(x_s) is exactly 0 (e.g. the seed's pairwise map at
+    x_a = 0). Flooring |v|² at a tiny number instead would scale the zero vector's gradient
+    by 1/sqrt(tiny) ≈ 1e19, which overflows further along the chain; the double `where`
+    keeps both the value and the gradient of that sample at exactly 0.
+    """
     nrm2 = jnp.sum(v * v, axis=-1)
-    nrm2 = jnp.maximum(nrm2, jnp.finfo(v.dtype).tiny)
-    inv = jax.lax.rsqrt(nrm2)
-    return v * inv[..., None], 0.5 * jnp.log(nrm2)
+    tiny = jnp.finfo(v.dtype).tiny
+    ok = nrm2 > tiny
+    inv = jnp.where(ok, jax.lax.rsqrt(jnp.where(ok, nrm2, 1.0)), 0.0)
+    return v * inv[..., None], 0.5 * jnp.log(jnp.maximum(nrm2, tiny))
 
 
 # Per-step transfer of a running vector through one core, in two GEMM arrangements.
