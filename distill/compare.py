@@ -393,9 +393,7 @@ def markdown_report(results: dict, config_yaml: str) -> str:
         f"{results['seeds']}; all metrics on the test split. `Φ=0 %`: test inputs whose feature tensor "
         "Φ(x) = ⊗φ is exactly zero (the student can only output a constant for them).",
         "",
-        "| " + " | ".join(_HEADER) + " |",
-        "|" + "---|" * len(_HEADER),
-        *("| " + " | ".join(r) + " |" for r in _rows(results)),
+        *report.markdown_table(_HEADER, _rows(results)),
         "",
         "![mean test accuracy](compare_maps.png)",
         "",

@@ -30,6 +30,12 @@ def write_json(path: Path, obj: dict) -> None:
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def markdown_table(header, rows) -> list[str]:
+    """Lines of a Markdown table: header (columns) and rows (sequences of cell strings)."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f} %"
 
@@ -107,9 +113,7 @@ def markdown_report(results: dict, config_yaml: str) -> str:
             "Each student layer is fed the teacher's own input to that layer (test split) and compared "
             "with the teacher's output of it.",
             "",
-            "| " + " | ".join(LAYER_COLUMNS) + " |",
-            "|" + "---|" * len(LAYER_COLUMNS),
-            *("| " + " | ".join(r) + " |" for r in layers),
+            *markdown_table(LAYER_COLUMNS, layers),
             "",
             "![per-layer fidelity](per_layer_fidelity.png)",
             "",

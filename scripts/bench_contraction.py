@@ -44,6 +44,8 @@ import optax  # noqa: E402
 from distill.tn import mps  # noqa: E402
 from distill.tn.feature_maps import poly  # noqa: E402
 
+from bench_mps import parse_shape  # noqa: E402  (scripts/ is on sys.path: this file's folder)
+
 DEFAULT_SHAPES = [(784, 3, 10, 10, 500), (196, 2, 32, 10, 256), (784, 2, 64, 10, 128)]
 OUR_METHODS = ("scan", "chunked", "tree")
 
@@ -74,19 +76,9 @@ def make_data(sites, outputs, batch, seed=0):
     return x, y
 
 
-# --------------------------------------------------------------------------- ours
-
-
-def ours_step(sites, d, chi, outputs, batch, method, lr=1e-3):
-    """A jitted forward+backward+Adam step on MPSParams; returns a zero-argument runner."""
-    params = mps.init_mps(jax.random.key(0), sites, d, chi, outputs)
+def adam_runner(loss, params, x, y, lr):
+    """A zero-argument runner of one jitted forward+backward+Adam step of loss(params, x, y)."""
     opt = optax.adam(lr)
-    x, y = make_data(sites, outputs, batch)
-    x, y = jnp.asarray(x), jnp.asarray(y)
-
-    def loss(p, x, y):
-        z, _ = mps.contract(p, poly(x, d), method=method)
-        return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
 
     @jax.jit
     def step(p, s, x, y):
@@ -102,6 +94,22 @@ def ours_step(sites, d, chi, outputs, batch, method, lr=1e-3):
         return l
 
     return run
+
+
+# --------------------------------------------------------------------------- ours
+
+
+def ours_step(sites, d, chi, outputs, batch, method, lr=1e-3):
+    """A jitted forward+backward+Adam step on MPSParams; returns a zero-argument runner."""
+    params = mps.init_mps(jax.random.key(0), sites, d, chi, outputs)
+    x, y = make_data(sites, outputs, batch)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+
+    def loss(p, x, y):
+        z, _ = mps.contract(p, poly(x, d), method=method)
+        return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
+
+    return adam_runner(loss, params, x, y, lr)
 
 
 def ours_forward_backward(sites, d, chi, outputs, batch, method):
@@ -190,7 +198,6 @@ def tensornetwork_step(sites, d, chi, outputs, batch, lr=1e-3):
         vecs = [phi[s] for s in range(n)]
         return tn.ncon(cores + vecs, core_labels + vec_labels, backend="jax")
 
-    opt = optax.adam(lr)
     x, y = make_data(sites, outputs, batch)
     x, y = jnp.asarray(x), jnp.asarray(y)
 
@@ -198,20 +205,7 @@ def tensornetwork_step(sites, d, chi, outputs, batch, lr=1e-3):
         z = jax.vmap(one_sample, in_axes=(None, 0))(p, poly(x, d))
         return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
 
-    @jax.jit
-    def step(p, s, x, y):
-        l, g = jax.value_and_grad(loss)(p, x, y)
-        upd, s = opt.update(g, s, p)
-        return optax.apply_updates(p, upd), s, l
-
-    state = {"p": params, "s": opt.init(params)}
-
-    def run():
-        state["p"], state["s"], l = step(state["p"], state["s"], x, y)
-        jax.block_until_ready(l)
-        return l
-
-    return run
+    return adam_runner(loss, params, x, y, lr)
 
 
 def peer_available(module: str) -> str | None:
@@ -358,13 +352,6 @@ def scaling_study(args):
         fig.savefig(args.plot, dpi=110)
         print(f"wrote {args.plot}")
     return res
-
-
-def parse_shape(text: str):
-    parts = [int(v) for v in text.split(",")]
-    if len(parts) != 5:
-        raise argparse.ArgumentTypeError("shape must be sites,d,chi,outputs,batch")
-    return tuple(parts)
 
 
 def main(argv=None) -> int:
