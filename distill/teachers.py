@@ -10,9 +10,9 @@ Checkpoint layout (a DIRECTORY at ``path``)::
                      (a pure nested dict {"hidden_0": {"kernel", "bias"}, ..., "logits": {...}})
 
 Saving is atomic: everything is written into a temporary sibling directory
-(``.NAME.tmp-XXXX``), orbax's async save is waited on, and only then is the directory
+(``.NAME.tmp-<random>``), orbax's async save is waited on, and only then is the directory
 renamed into place. Overwriting an existing checkpoint renames the old one aside
-(``.NAME.old-XXXX``), renames the new one in, and then deletes the old one, so at every
+(``.NAME.old-<random>``), renames the new one in, and then deletes the old one, so at every
 moment a complete checkpoint exists on disk. Loading reads JSON only (never pickle/eval)
 and restores the arrays against the abstract state of the MLP rebuilt from ``spec``, so
 shapes and dtypes are checked.
@@ -292,6 +292,17 @@ def _write_checkpoint_dir(path: Path, params: dict, json_name: str, json_text: s
             _rmtree_quiet(old)
 
 
+def _json_text(doc: dict, what: str) -> str:
+    """JSON for a checkpoint's description file, or a one-line DistillError naming `what`."""
+    try:
+        return json.dumps(doc, indent=2)
+    except (TypeError, ValueError) as err:
+        raise DistillError(
+            f"{what} is not JSON-serialisable ({_one_line(err)}); "
+            "pass only str/int/float/bool/None/list/dict values"
+        ) from None
+
+
 def save_teacher(model: MLP, path: str | Path, metadata: dict) -> None:
     """Atomically write ``model`` (params via orbax) and ``spec`` + ``metadata`` (JSON) to
     the checkpoint directory ``path``; an existing teacher checkpoint there is replaced."""
@@ -305,13 +316,7 @@ def save_teacher(model: MLP, path: str | Path, metadata: dict) -> None:
             "JSON values"
         )
     doc = {"format": _FORMAT, "version": _VERSION, "spec": model.spec, "metadata": metadata}
-    try:
-        text = json.dumps(doc, indent=2)
-    except (TypeError, ValueError) as err:
-        raise DistillError(
-            f"teacher metadata is not JSON-serialisable ({_one_line(err)}); "
-            "pass only str/int/float/bool/None/list/dict values"
-        ) from None
+    text = _json_text(doc, "teacher metadata")
     path = Path(path).expanduser().absolute()
     _write_checkpoint_dir(path, _param_pure_dict(model), TEACHER_JSON, text, "teacher checkpoint")
 
@@ -503,13 +508,7 @@ def save_state(module: nnx.Module, path: str | Path, metadata: dict | None = Non
         "module": type(module).__name__,
         "metadata": {} if metadata is None else metadata,
     }
-    try:
-        text = json.dumps(doc, indent=2)
-    except (TypeError, ValueError) as err:
-        raise DistillError(
-            f"checkpoint metadata is not JSON-serialisable ({_one_line(err)}); "
-            "pass only str/int/float/bool/None/list/dict values"
-        ) from None
+    text = _json_text(doc, "checkpoint metadata")
     path = Path(path).expanduser().absolute()
     _write_checkpoint_dir(
         path, nnx.to_pure_dict(nnx.state(module)), STATE_JSON, text, "model checkpoint"
