@@ -7,6 +7,7 @@ Drop any of these into your own `nnx.Module` and train it with
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Sequence
 
 import jax
@@ -17,6 +18,9 @@ from jax import Array
 
 from distill.errors import DistillError
 from distill.tn import mps as mps_lib
+from distill.tn import mps_layer as mps_layer_lib
+from distill.tn import tt as tt_lib
+from distill.tn.feature_maps import get_feature_map as _local_feature_map
 from distill.tn.feature_maps import (
     FeatureMap,
     LearnedParams,
@@ -304,10 +308,6 @@ class MPS(nnx.Module):
 # stores kernel (N_in, N_out) and computes x @ kernel, so W = linear.kernel.T; e.g.
 # `TTLinear.from_dense(linear.kernel[...].T, linear.bias[...], ...)`.
 
-import math  # noqa: E402  (this section is appended below the MPS layer)
-
-from distill.tn import tt as tt_lib  # noqa: E402
-
 __all__ += ["TTLinear", "LowRankLinear"]
 
 #: Activation name → elementwise function. The same names and functions as
@@ -583,12 +583,6 @@ class LowRankLinear(nnx.Module):
 # =======================================================================================
 # MPS hidden layer: a wide (hundreds of units) drop-in replacement for act(W x + b)
 # =======================================================================================
-
-import math  # noqa: E402
-
-from distill.tn import mps_layer as mps_layer_lib  # noqa: E402
-from distill.tn import tt as tt_lib  # noqa: E402
-from distill.tn.feature_maps import get_feature_map as _local_feature_map  # noqa: E402
 
 __all__ += ["InputScale", "MPSHidden"]
 

@@ -35,7 +35,7 @@ def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Ar
     return alpha * soft + (1.0 - alpha) * cross_entropy(student_logits, labels)
 
 
-def accuracy(logits: jax.Array | "np.ndarray", labels) -> float:  # noqa: F821
+def accuracy(logits, labels) -> float:
     """Fraction of argmax(logits) == labels."""
     return float(jnp.mean(jnp.argmax(logits, axis=-1) == labels))
 
