@@ -165,3 +165,11 @@ def test_help_explains_each_command():
 def test_builtin_defaults_are_the_digits_quickstart():
     cfg = Config()
     assert cfg.data.name == "digits" and cfg.student.family == "mps"
+
+
+def test_run_files_are_readable_by_others(digits_run):
+    # written through temporary files (mkstemp creates them 0600): they must end up with the usual mode
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("config.yaml", "results.json", "report.md"):
+        assert (digits_run / name).stat().st_mode & 0o777 == 0o666 & ~mask
