@@ -249,6 +249,9 @@ def _write_checkpoint_dir(path: Path, params: dict, json_name: str, json_text: s
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; the checkpoint gets the usual mode
     except OSError as err:
         raise DistillError(
             f"cannot create {what} at {path} ({_one_line(err)}); check the directory is writable"

@@ -173,3 +173,5 @@ def test_run_files_are_readable_by_others(digits_run):
     os.umask(mask)
     for name in ("config.yaml", "results.json", "report.md"):
         assert (digits_run / name).stat().st_mode & 0o777 == 0o666 & ~mask
+    for name in ("teacher", "student"):
+        assert (digits_run / name).stat().st_mode & 0o777 == 0o777 & ~mask
