@@ -229,23 +229,16 @@ def _welch_p(a: list[float], b: list[float]) -> float | None:
         return float(stats.ttest_ind(a_, b_, equal_var=False).pvalue)
 
 
-def _check_modes(cfg: Config) -> None:
+def _check_family(cfg: Config) -> None:
     if cfg.student.family != "mps":
         raise DistillError(f"compare-maps compares the feature maps of the 'mps' student (one MPS from pixels to "
                            f"logits); student.family = {cfg.student.family!r} has no feature map to compare")
-    if "layerwise" in cfg.compare.modes:
-        why = ("this version has no layer-by-layer training (distill.train.layerwise)"
-               if not hasattr(train, "layerwise") else
-               "the 'mps' student maps pixels straight to logits")
-        raise DistillError(f"config: compare.modes = {list(cfg.compare.modes)}: 'layerwise' needs a student family "
-                           f"with hidden layers to match the teacher's layer by layer, and {why}; "
-                           "use compare.modes=[end_to_end]")
 
 
 def compare_maps(cfg: Config, out: str | Path | None = None, progress: bool = True) -> tuple[Path, dict]:
     """Compare cfg.compare.maps × cfg.compare.seeds on one teacher; returns (run folder, results)."""
     t0 = time.perf_counter()
-    _check_modes(cfg)
+    _check_family(cfg)
     specs = parse_maps(cfg)
     final = Path(out) if out is not None else default_run_dir(cfg, "-compare-maps")
     config_yaml = dump_yaml(cfg)

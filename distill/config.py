@@ -144,7 +144,8 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """`distill compare-maps`: the same student with each feature map, over several seeds.
+    """`distill compare-maps`: the same MPS student with each feature map, over several seeds,
+    distilled end to end.
 
     Each entry of `maps` is a mapping with `name` plus that map's parameters, and optionally
     `pairing` (neighbour | random) for pairwise maps, e.g. {name: fourier, order: 1}.
@@ -154,8 +155,6 @@ class CompareConfig:
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata=_check(
         "a non-empty list of integers ≥ 0", lambda v: len(v) > 0 and all(s >= 0 for s in v)))
     budget: str = field(default="params", metadata=_choice("params", "d_chi2"))  # what is held equal across maps
-    modes: tuple[str, ...] = field(default=("end_to_end",), metadata=_check(
-        "a non-empty list of end_to_end / layerwise", lambda v: len(v) > 0 and set(v) <= {"end_to_end", "layerwise"}))
 
 
 @dataclass(frozen=True)

@@ -109,10 +109,11 @@ def test_bad_map_entries_are_one_line_errors(maps, match, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_layerwise_mode_is_refused_clearly(tmp_path):
-    cfg = from_dict({**TINY, "compare": {**TINY["compare"], "modes": ["end_to_end", "layerwise"]}})
-    with pytest.raises(DistillError, match="hidden layers"):
+def test_a_student_without_a_feature_map_is_refused(tmp_path):
+    cfg = from_dict({**TINY, "student": {**TINY.get("student", {}), "family": "tt"}})
+    with pytest.raises(DistillError, match="has no feature map to compare"):
         compare.compare_maps(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_check_map_valid_map_and_formatting():
