@@ -39,11 +39,9 @@ import time
 from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from distill import report, teachers, train
+from distill import report, students, teachers, train
 from distill.config import Config, dump_yaml
-from distill.data import site_order
 from distill.errors import DistillError
 from distill.layers import MPS, _unknown_map_error, param_count
 from distill.pipeline import (
@@ -92,18 +90,15 @@ class MapSpec:
     pair_shift: float | None
     feature_dim: int
 
-    def student(self, n_sites: int, n_out: int, bond_dim: int, *, seed: int, cfg: Config,
-                order: np.ndarray) -> MPS:
-        """This map's MPS student (cores drawn from `seed`)."""
+    def student(self, cfg: Config, image_shape: tuple[int, int], n_out: int, bond_dim: int, *, seed: int) -> MPS:
+        """This map's MPS student: the config's student with this map, χ = bond_dim and `seed`."""
         s = cfg.student
-        pairing_seed = self.pairing_seed
-        if pairing_seed is None:
-            pairing_seed = s.pairing_seed if s.pairing_seed is not None else seed
-        return MPS(n_sites, n_out, bond_dim=bond_dim, feature_map=self.name,
-                   feature_dim=self.feature_dim, feature_params=self.params,
-                   pairing=self.pairing, pairing_seed=pairing_seed, pair_shift=self.pair_shift,
-                   output_site=s.output_site, init_std=s.init_std, site_order=order,
-                   rngs=nnx.Rngs(seed + 1))
+        pairing_seed = self.pairing_seed if self.pairing_seed is not None else s.pairing_seed
+        student_cfg = dataclasses.replace(s, feature_map=self.name, feature_dim=self.feature_dim,
+                                          feature_params=self.params, pairing=self.pairing,
+                                          pairing_seed=pairing_seed, pair_shift=self.pair_shift, bond_dim=bond_dim)
+        run_cfg = dataclasses.replace(cfg, seed=seed, student=student_cfg)
+        return students.build_mps(run_cfg, image_shape[0] * image_shape[1], image_shape, n_out)
 
 
 def _label(name: str, params: dict, pairing: str | None, pair_shift: float | None) -> str:
@@ -164,13 +159,14 @@ def _core_params(n: int, d: int, chi: int, m: int) -> int:
     return 2 * d * chi + (n - 2) * d * chi * chi + chi * m * chi + 1
 
 
-def choose_bond_dims(specs: list[MapSpec], cfg: Config, n_sites: int, n_out: int,
-                     order: np.ndarray, max_chi: int = 512) -> list[dict]:
+def choose_bond_dims(specs: list[MapSpec], cfg: Config, image_shape: tuple[int, int], n_out: int,
+                     max_chi: int = 512) -> list[dict]:
     """Per map: {d, bond_dim, params} under cfg.compare.budget (reference: the first map at
     student.bond_dim). Builds each map's χ = 1 student once, which also validates the map."""
+    n_sites = image_shape[0] * image_shape[1]
     info = []
     for spec in specs:
-        probe = spec.student(n_sites, n_out, 1, seed=0, cfg=cfg, order=order)
+        probe = spec.student(cfg, image_shape, n_out, 1, seed=0)
         d = probe.feature_dim
         extra = param_count(probe) - _core_params(n_sites, d, 1, n_out)  # learned map weights
         info.append((d, extra))
@@ -246,8 +242,7 @@ def compare_maps(cfg: Config, out: str | Path | None = None, progress: bool = Tr
         report.write_atomic(work / "config.yaml", config_yaml)
         data = load_data(cfg)
         xs = student_inputs(cfg, data)
-        order = site_order(xs.image_shape, cfg.data.ordering)
-        budget = choose_bond_dims(specs, cfg, xs.n_sites, data.num_classes, order)  # validates every map first
+        budget = choose_bond_dims(specs, cfg, xs.image_shape, data.num_classes)  # validates every map first
 
         teacher, teacher_hist, source = get_teacher(cfg, data, progress)
         if teacher_hist is not None:
@@ -259,7 +254,7 @@ def compare_maps(cfg: Config, out: str | Path | None = None, progress: bool = Tr
         for spec, b in zip(specs, budget):
             runs = []
             for seed in cfg.compare.seeds:
-                student = spec.student(xs.n_sites, data.num_classes, b["bond_dim"], seed=seed, cfg=cfg, order=order)
+                student = spec.student(cfg, xs.image_shape, data.num_classes, b["bond_dim"], seed=seed)
                 settings = _student_settings(dataclasses.replace(cfg, seed=seed))
                 t1 = time.perf_counter()
                 try:

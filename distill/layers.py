@@ -7,6 +7,7 @@ Drop any of these into your own `nnx.Module` and train it with
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from typing import Sequence
 
@@ -310,30 +311,29 @@ class MPS(nnx.Module):
 
 __all__ += ["TTLinear", "LowRankLinear"]
 
-#: Activation name → elementwise function. The same names and functions as
-#: `distill.teachers.ACTIVATIONS`, kept here because layers.py sits above teachers.py in the
-#: import order (DESIGN.md §2) and must not import it.
-_ACTIVATIONS = {
+#: Activation name → elementwise function, shared by these layers and the teachers
+#: (`distill.teachers.ACTIVATIONS` is this dict). ``gelu`` is the exact (erf) GELU.
+ACTIVATIONS = {
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
     "sigmoid": jax.nn.sigmoid,
 }
 
 
 def _check_activation(layer: str, activation: str | None) -> str | None:
     if activation is not None and (
-        not isinstance(activation, str) or activation not in _ACTIVATIONS
+        not isinstance(activation, str) or activation not in ACTIVATIONS
     ):
         raise DistillError(
             f"{layer}: unknown activation {activation!r}; use one of "
-            f"{', '.join(sorted(_ACTIVATIONS))} or None (linear)"
+            f"{', '.join(sorted(ACTIVATIONS))} or None (linear)"
         )
     return activation
 
 
 def _apply_activation(activation: str | None, y: Array) -> Array:
-    return y if activation is None else _ACTIVATIONS[activation](y)
+    return y if activation is None else ACTIVATIONS[activation](y)
 
 
 def _init_variance(in_features: int, activation: str | None) -> float:

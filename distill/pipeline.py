@@ -175,10 +175,6 @@ def _layer_io_names(teacher: teachers.MLP, target: str) -> list[tuple[str | None
             for i, name in enumerate(hidden)]
 
 
-def _teacher_acts(teacher: teachers.MLP, x: np.ndarray) -> dict[str, np.ndarray]:
-    return teachers.frozen_activations(teacher, x, teacher.activation_names[:-1])
-
-
 def _distil_mirror(cfg: Config, data: Dataset, teacher: teachers.MLP, t_train: np.ndarray, progress: bool):
     """Mirror families: warm start, layer-wise fits, KD fine-tuning as the mode says.
 
@@ -190,8 +186,10 @@ def _distil_mirror(cfg: Config, data: Dataset, teacher: teachers.MLP, t_train: n
                            "a mirror student reads the teacher's inputs (set it to 1)")
     mode, target = cfg.distill.mode, cfg.distill.layer_target
     io = _layer_io_names(teacher, target)
-    acts = {"train": _teacher_acts(teacher, data.x_train), "val": _teacher_acts(teacher, data.x_val),
-            "test": _teacher_acts(teacher, data.x_test)}
+    # Only the activations the layers read or must match (not every pre/post of every layer).
+    names = tuple(dict.fromkeys(n for pair in io for n in pair if n is not None))
+    acts = {split: teachers.frozen_activations(teacher, getattr(data, f"x_{split}"), names)
+            for split in ("train", "val", "test")}
 
     def inputs(split: str, name: str | None) -> np.ndarray:
         return getattr(data, f"x_{split}") if name is None else acts[split][name]

@@ -10,6 +10,8 @@ Two shapes of student:
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -136,8 +138,6 @@ SIZE_KNOBS = {"tt": "rank", "lowrank": "rank", "dense": "hidden_width", "mps_lay
 def match_budget(cfg: Config, teacher: MLP, target_params: int, max_size: int = 256) -> tuple[Config, int]:
     """cfg with its family's size knob set so the mirror student's parameter count is closest to
     `target_params`; returns (cfg, that count). Counts come from abstract (shape-only) builds."""
-    import dataclasses
-
     knob = SIZE_KNOBS[cfg.student.family]
 
     def count(size: int) -> int:

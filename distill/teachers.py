@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from distill import layers
 from distill.errors import DistillError
 
 __all__ = [
@@ -59,13 +60,8 @@ __all__ = [
 
 Array = jax.Array
 
-#: Activation name -> elementwise JAX function. ``gelu`` is the exact (erf) GELU.
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
-    "sigmoid": jax.nn.sigmoid,
-}
+#: Activation name -> elementwise JAX function (the same dict as the student layers use).
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = layers.ACTIVATIONS
 
 TEACHER_JSON = "teacher.json"
 PARAMS_DIR = "params"

@@ -87,11 +87,10 @@ def test_d_chi2_budget_and_learned_extra_params():
                          {"name": "trig"}, {"name": "legendre", "degree": 3},
                          {"name": "learned", "feature_dim": 2, "hidden": 4}]}})
     specs = compare.parse_maps(cfg)
-    order = np.arange(64)
-    dims = compare.choose_bond_dims(specs, cfg, 64, 10, order)
+    dims = compare.choose_bond_dims(specs, cfg, (8, 8), 10)
     assert [b["d"] for b in dims] == [2, 4, 2]
     assert [b["bond_dim"] for b in dims] == [6, 4, 6]  # 2·36 = 72 vs 4·16 = 64 (4·25 = 100 is farther)
-    learned = specs[2].student(64, 10, 6, seed=0, cfg=cfg, order=order)
+    learned = specs[2].student(cfg, (8, 8), 10, 6, seed=0)
     assert dims[2]["params"] == param_count(learned) == dims[0]["params"] + 4 + 4 + 4 * 2 + 2  # w1, b1, w2, b2
 
 
