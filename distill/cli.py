@@ -63,8 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         "compare-maps", help="the same MPS student with each feature map in compare.maps, over compare.seeds",
         description="Train (or load) one teacher, then distil the same MPS student with every feature map in "
                     "compare.maps for every seed in compare.seeds at an equal budget (compare.budget: equal "
-                    "parameters, or equal d·χ²). Writes results.json, results.csv, report.md (mean ± std, and "
-                    "which differences exceed the seed spread) and compare_maps.png.")
+                    "parameters, or equal d·χ²). student.family picks the variant: mps (one MPS from pixels to "
+                    "logits, distill.mode end_to_end) or mps_layers (every hidden layer replaced by an MPS layer "
+                    "with the map; distill.mode layerwise, staged or end_to_end; per-layer R² recorded). Writes "
+                    "results.json, results.csv, report.md (mean ± std, and which differences exceed the seed "
+                    "spread) and compare_maps.png.")
     _common(p_cmp, "experiment YAML with a compare section, e.g. configs/compare_maps_digits.yaml")
     p_chk = sub.add_parser(
         "check-map", help="validity check of one feature map (seed 000 §4)",

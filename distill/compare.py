@@ -1,9 +1,18 @@
 """`distill compare-maps` and `distill check-map`: feature maps side by side, fairly.
 
 `compare_maps(cfg, out)` trains ONE teacher (or loads `teacher.checkpoint`) and computes its
-logits once; then, for every entry of `compare.maps` and every seed of `compare.seeds`, it
-distils the same MPS student architecture end to end on the same data split and records test
-accuracy, agreement and KL with the teacher, parameters and training time.
+logits (and, for the layer-wise variant, its activations) once; then, for every entry of
+`compare.maps` and every seed of `compare.seeds`, it distils the same student architecture on
+the same data split and records test accuracy, agreement and KL with the teacher, parameters
+and training time. Two variants, chosen by the student family:
+
+  student.family: mps          one MPS from pixels to logits, distilled end to end
+                               (distill.mode must be end_to_end);
+  student.family: mps_layers   every hidden layer of the teacher replaced by an MPS layer with
+                               the map (`layers.MPSHidden`), trained as distill.mode says:
+                               layerwise / staged (each layer on the teacher's activations,
+                               then KD for staged) or end_to_end; the per-layer R² on held-out
+                               teacher activations is recorded too.
 
 A map entry is a mapping: `name` (a registered feature map), that map's parameters, and the
 optional keys
@@ -20,8 +29,8 @@ optional keys
 e.g. `{name: fourier, order: 1}`, `{name: pair_product, pairing: random}`.
 
 Fair comparison (`compare.budget`): the first map, at `student.bond_dim`, is the reference.
-  params   each map gets the bond dimension χ ≥ 1 whose parameter count is closest to the
-           reference's (ties: the smaller χ);
+  params   each map gets the bond dimension χ ≥ 1 whose parameter count (the whole student)
+           is closest to the reference's (ties: the smaller χ);
   d_chi2   each map gets the χ whose d·χ² is closest to d_ref·χ_ref² (the per-site cost).
 The χ chosen for every map is in the table.
 
@@ -40,11 +49,14 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from flax import nnx
+
 from distill import report, students, teachers, train
 from distill.config import Config, dump_yaml
 from distill.errors import DistillError
-from distill.layers import MPS, _unknown_map_error, param_count
+from distill.layers import MPS, MPSHidden, _unknown_map_error, param_count
 from distill.pipeline import (
+    _distil_mirror,
     _student_settings,
     _teacher_metadata,
     default_run_dir,
@@ -52,6 +64,7 @@ from distill.pipeline import (
     load_data,
     staged_dir,
     student_inputs,
+    teacher_layers,
 )
 from distill.tn.feature_maps import (
     FeatureMap,
@@ -66,8 +79,14 @@ from distill.tn.pairing import PAIRINGS, make_partners
 __all__ = ["MapSpec", "parse_maps", "choose_bond_dims", "compare_maps", "check_map",
            "format_validity", "console_table", "METRICS", "SIGNIFICANCE_RULE"]
 
-#: Per-seed metrics summarised as mean ± std over seeds.
-METRICS = ("accuracy", "agreement", "kl", "train_time_s", "vanishing_fraction")
+#: Per-seed metrics summarised as mean ± std over seeds. The layer R² (mean over hidden layers
+#: of R² on held-out teacher activations) exist for the layer-wise variant only (else None):
+#: after the layer-wise phase, and at the end of training.
+METRICS = ("accuracy", "agreement", "kl", "train_time_s", "vanishing_fraction", "layer_r2_layerwise",
+           "layer_r2_final")
+
+#: distill.mode values each student family can be compared under.
+VARIANT_MODES = {"mps": ("end_to_end",), "mps_layers": ("layerwise", "staged", "end_to_end")}
 
 #: How report.md decides whether two maps differ by more than the seed spread.
 SIGNIFICANCE_RULE = (
@@ -90,15 +109,26 @@ class MapSpec:
     pair_shift: float | None
     feature_dim: int
 
-    def student(self, cfg: Config, image_shape: tuple[int, int], n_out: int, bond_dim: int, *, seed: int) -> MPS:
-        """This map's MPS student: the config's student with this map, χ = bond_dim and `seed`."""
+    def config(self, cfg: Config, bond_dim: int, *, seed: int) -> Config:
+        """The config of one run: the config's student with this map, χ = bond_dim and `seed`."""
         s = cfg.student
         pairing_seed = self.pairing_seed if self.pairing_seed is not None else s.pairing_seed
         student_cfg = dataclasses.replace(s, feature_map=self.name, feature_dim=self.feature_dim,
                                           feature_params=self.params, pairing=self.pairing,
                                           pairing_seed=pairing_seed, pair_shift=self.pair_shift, bond_dim=bond_dim)
-        run_cfg = dataclasses.replace(cfg, seed=seed, student=student_cfg)
+        return dataclasses.replace(cfg, seed=seed, student=student_cfg)
+
+    def student(self, cfg: Config, image_shape: tuple[int, int], n_out: int, bond_dim: int, *, seed: int) -> MPS:
+        """This map's MPS student (family mps): one MPS over the image's pixels."""
+        run_cfg = self.config(cfg, bond_dim, seed=seed)
         return students.build_mps(run_cfg, image_shape[0] * image_shape[1], image_shape, n_out)
+
+    def probe_layer(self, cfg: Config) -> MPSHidden:
+        """A tiny MPS layer with this map (family mps_layers): validates it and gives its d."""
+        s = self.config(cfg, 1, seed=cfg.seed).student
+        return MPSHidden(4, 2, bond_dim=1, feature_map=s.feature_map, feature_dim=s.feature_dim,
+                         feature_params=s.feature_params or None, pairing=s.pairing,
+                         pair_shift=s.pair_shift, out_factors=(2,), rngs=nnx.Rngs(0))
 
 
 def _label(name: str, params: dict, pairing: str | None, pair_shift: float | None) -> str:
@@ -160,9 +190,14 @@ def _core_params(n: int, d: int, chi: int, m: int) -> int:
 
 
 def choose_bond_dims(specs: list[MapSpec], cfg: Config, image_shape: tuple[int, int], n_out: int,
-                     max_chi: int = 512) -> list[dict]:
+                     max_chi: int = 512, teacher_shape=None) -> list[dict]:
     """Per map: {d, bond_dim, params} under cfg.compare.budget (reference: the first map at
-    student.bond_dim). Builds each map's χ = 1 student once, which also validates the map."""
+    student.bond_dim). Builds a small student with each map first, which validates the map.
+
+    Family mps_layers needs `teacher_shape` (the teacher MLP, or a shape-only nnx.eval_shape
+    of it): the whole mirror student's parameters are counted from shape-only builds."""
+    if cfg.student.family == "mps_layers":
+        return _choose_bond_dims_mirror(specs, cfg, teacher_shape, max_chi)
     n_sites = image_shape[0] * image_shape[1]
     info = []
     for spec in specs:
@@ -181,12 +216,45 @@ def choose_bond_dims(specs: list[MapSpec], cfg: Config, image_shape: tuple[int, 
             chi = min(range(1, max_chi + 1),
                       key=lambda c: (abs(_core_params(n_sites, d, c, n_out) + extra - target_params), c))
         else:  # d_chi2
-            chi = min(range(1, max_chi + 1), key=lambda c: (abs(d * c * c - d_ref * chi_ref**2), c))
+            chi = _d_chi2_match(d, d_ref, chi_ref, max_chi)
         out.append({"d": d, "bond_dim": chi, "params": _core_params(n_sites, d, chi, n_out) + extra})
     return out
 
 
-def _vanishing_fraction(student: MPS, x: np.ndarray, batch: int = 2048) -> float:
+def _d_chi2_match(d: int, d_ref: int, chi_ref: int, max_chi: int) -> int:
+    return min(range(1, max_chi + 1), key=lambda c: (abs(d * c * c - d_ref * chi_ref**2), c))
+
+
+def _choose_bond_dims_mirror(specs: list[MapSpec], cfg: Config, teacher_shape, max_chi: int) -> list[dict]:
+    """choose_bond_dims for family mps_layers: counts of the whole mirror student (all MPS
+    layers + the dense head); the counts grow with χ, so the params budget bisects."""
+    ds = [spec.probe_layer(cfg).feature_dim for spec in specs]
+
+    def count(spec: MapSpec, chi: int) -> int:
+        return students.mirror_param_count(spec.config(cfg, chi, seed=cfg.seed), teacher_shape)
+
+    chi_ref = cfg.student.bond_dim
+    target = count(specs[0], chi_ref)
+    out = []
+    for i, (spec, d) in enumerate(zip(specs, ds)):
+        if i == 0:
+            chi = chi_ref
+        elif cfg.compare.budget == "params":
+            lo, hi = 1, max_chi  # smallest χ with count ≥ target, then the closer of it and χ - 1
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if count(spec, mid) < target:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            chi = min(sorted({max(lo - 1, 1), lo}), key=lambda c: abs(count(spec, c) - target))
+        else:
+            chi = _d_chi2_match(d, ds[0], chi_ref, max_chi)
+        out.append({"d": d, "bond_dim": chi, "params": count(spec, chi)})
+    return out
+
+
+def _vanishing_fraction(student: MPS | MPSHidden, x: np.ndarray, batch: int = 2048) -> float:
     """Fraction of inputs whose Φ(x) = ⊗ φ is the zero tensor (some site's φ is 0)."""
     hits = 0
     for start in range(0, x.shape[0], batch):
@@ -195,8 +263,11 @@ def _vanishing_fraction(student: MPS, x: np.ndarray, batch: int = 2048) -> float
     return hits / max(x.shape[0], 1)
 
 
-def _mean_std(values: list[float]) -> dict:
-    """{mean, std}: std is the sample std (ddof 1), 0 for a single value."""
+def _mean_std(values: list[float | None]) -> dict:
+    """{mean, std}: std is the sample std (ddof 1), 0 for a single value; None if no values."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None}
     arr = np.asarray(values, np.float64)
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0}
 
@@ -225,56 +296,109 @@ def _welch_p(a: list[float], b: list[float]) -> float | None:
         return float(stats.ttest_ind(a_, b_, equal_var=False).pvalue)
 
 
-def _check_family(cfg: Config) -> None:
-    if cfg.student.family != "mps":
-        raise DistillError(f"compare-maps compares the feature maps of the 'mps' student (one MPS from pixels to "
-                           f"logits); student.family = {cfg.student.family!r} has no feature map to compare")
+def _check_variant(cfg: Config) -> None:
+    family, mode = cfg.student.family, cfg.distill.mode
+    if family not in VARIANT_MODES:
+        raise DistillError(f"compare-maps compares the feature maps of MPS students (student.family = mps or "
+                           f"mps_layers); student.family = {family!r} has no feature map to compare")
+    if mode not in VARIANT_MODES[family]:
+        hint = ("; for the layer-wise variant set student.family=mps_layers" if family == "mps" else "")
+        raise DistillError(f"compare-maps with student.family={family} takes distill.mode "
+                           f"{' / '.join(VARIANT_MODES[family])}, got {mode!r}{hint}")
+
+
+def _describe_variant(cfg: Config) -> str:
+    if cfg.student.family == "mps":
+        return "one MPS from pixels to logits, distilled end to end"
+    how = {"layerwise": "each layer fitted to the teacher's activations (no fine-tuning)",
+           "staged": "each layer fitted to the teacher's activations, then KD fine-tuning end to end",
+           "end_to_end": "distilled end to end on the teacher's logits"}[cfg.distill.mode]
+    return f"the teacher's hidden layers replaced by MPS layers, {how}"
+
+
+def _run_mps(spec, b, cfg, seed, data, xs, t_train, progress):
+    """One end-to-end run of the mps family: (student, best epoch, extra metrics)."""
+    student = spec.student(cfg, xs.image_shape, data.num_classes, b["bond_dim"], seed=seed)
+    settings = _student_settings(dataclasses.replace(cfg, seed=seed))
+    try:
+        hist = train.end_to_end(student, xs.x_train, t_train, data.y_train, xs.x_val, data.y_val, settings,
+                                temperature=cfg.distill.temperature, alpha=cfg.distill.alpha,
+                                desc=f"{spec.label} seed {seed}", progress=progress)
+    except DistillError as err:  # e.g. a NaN loss: record it, keep comparing the others
+        return student, err, {}
+    return student, hist.best_epoch, {}
+
+
+def _run_mirror(spec, b, cfg, seed, data, teacher, t_train, layers, progress):
+    """One mps_layers run as distill.mode says: (student, best epoch or None, layer metrics)."""
+    run_cfg = spec.config(cfg, b["bond_dim"], seed=seed)
+    try:
+        student, curves, _, rows = _distil_mirror(run_cfg, data, teacher, t_train, progress, layers=layers)
+    except DistillError as err:  # e.g. a NaN loss: the student as built, for its size and Φ = 0 count
+        return students.build_mirror(run_cfg, teacher, layers.scales, warm_start=False), err, {}
+    kd = curves.get("student (KD)")
+    extra = {"layer_r2_final": float(np.mean([r["r2"] for r in rows])),
+             "layer_r2_layerwise": (float(np.mean([r["r2_after_layerwise"] for r in rows]))
+                                    if "r2_after_layerwise" in rows[0] else None)}
+    return student, (kd or {}).get("best_epoch"), extra
 
 
 def compare_maps(cfg: Config, out: str | Path | None = None, progress: bool = True) -> tuple[Path, dict]:
     """Compare cfg.compare.maps × cfg.compare.seeds on one teacher; returns (run folder, results)."""
     t0 = time.perf_counter()
-    _check_family(cfg)
+    _check_variant(cfg)
     specs = parse_maps(cfg)
+    mirror = cfg.student.family == "mps_layers"
     final = Path(out) if out is not None else default_run_dir(cfg, "-compare-maps")
     config_yaml = dump_yaml(cfg)
     with staged_dir(final) as work:
         report.write_atomic(work / "config.yaml", config_yaml)
         data = load_data(cfg)
         xs = student_inputs(cfg, data)
-        budget = choose_bond_dims(specs, cfg, xs.image_shape, data.num_classes)  # validates every map first
+        if mirror and cfg.student.downsample != 1:
+            raise DistillError(f"student.downsample={cfg.student.downsample} only applies to student.family=mps; "
+                               "MPS layers read the teacher's inputs (set it to 1, or data.downsample for both)")
+        # The teacher's widths, without training it: every map is validated before the teacher trains.
+        teacher_shape = nnx.eval_shape(lambda: teachers.MLP(
+            data.n_features, cfg.teacher.hidden, data.num_classes, activation=cfg.teacher.activation,
+            rngs=nnx.Rngs(0)))
+        budget = choose_bond_dims(specs, cfg, xs.image_shape, data.num_classes, teacher_shape=teacher_shape)
 
         teacher, teacher_hist, source = get_teacher(cfg, data, progress)
         if teacher_hist is not None:
             teachers.save_teacher(teacher, work / "teacher", _teacher_metadata(cfg, data))
         t_train, t_test = (teachers.frozen_logits(teacher, x) for x in (data.x_train, data.x_test))
         teacher_acc = train.losses.accuracy(t_test, data.y_test)
+        layers = teacher_layers(cfg, data, teacher) if mirror else None
+        x_test = data.x_test if mirror else xs.x_test
 
         maps = []
         for spec, b in zip(specs, budget):
             runs = []
             for seed in cfg.compare.seeds:
-                student = spec.student(cfg, xs.image_shape, data.num_classes, b["bond_dim"], seed=seed)
-                settings = _student_settings(dataclasses.replace(cfg, seed=seed))
                 t1 = time.perf_counter()
-                try:
-                    hist = train.end_to_end(student, xs.x_train, t_train, data.y_train, xs.x_val, data.y_val,
-                                            settings, temperature=cfg.distill.temperature, alpha=cfg.distill.alpha,
-                                            desc=f"{spec.label} seed {seed}", progress=progress)
-                except DistillError as err:  # e.g. a NaN loss: record it, keep comparing the others
-                    runs.append({"seed": seed, "failed": str(err), "params": param_count(student),
-                                 "vanishing_fraction": _vanishing_fraction(student, xs.x_test),
+                if mirror:
+                    student, best, extra = _run_mirror(spec, b, cfg, seed, data, teacher, t_train, layers, progress)
+                else:
+                    student, best, extra = _run_mps(spec, b, cfg, seed, data, xs, t_train, progress)
+                train_time = time.perf_counter() - t1
+                first = student.hidden[0] if mirror else student  # the layer that reads the pixels
+                vanishing = _vanishing_fraction(first, x_test)
+                if isinstance(best, DistillError):
+                    runs.append({"seed": seed, "failed": str(best), "params": param_count(student),
+                                 "vanishing_fraction": vanishing,
                                  **{k: None for k in METRICS if k != "vanishing_fraction"}, "best_epoch": None})
                     continue
-                train_time = time.perf_counter() - t1
-                ev = train.evaluate(train.predict(student, xs.x_test), t_test, data.y_test)
+                ev = train.evaluate(train.predict(student, x_test), t_test, data.y_test)
                 runs.append({"seed": seed, "accuracy": ev.accuracy, "agreement": ev.agreement, "kl": ev.kl,
-                             "train_time_s": train_time, "vanishing_fraction": _vanishing_fraction(student, xs.x_test),
-                             "best_epoch": hist.best_epoch, "params": param_count(student)})
+                             "train_time_s": train_time, "vanishing_fraction": vanishing,
+                             "layer_r2_layerwise": extra.get("layer_r2_layerwise"),
+                             "layer_r2_final": extra.get("layer_r2_final"),
+                             "best_epoch": best, "params": param_count(student)})
             ok = [r for r in runs if "failed" not in r]
             summary = {"n_ok": len(ok), "n_failed": len(runs) - len(ok)}
             for metric in METRICS:
-                summary[metric] = _mean_std([r[metric] for r in ok]) if ok else {"mean": None, "std": None}
+                summary[metric] = _mean_std([r[metric] for r in ok])
             maps.append({"label": spec.label, "name": spec.name, "params_of_map": spec.params,
                          "pairing": spec.pairing, "pair_shift": spec.pair_shift if spec.pairing else None,
                          "d": b["d"], "bond_dim": b["bond_dim"], "params": b["params"],
@@ -282,15 +406,20 @@ def compare_maps(cfg: Config, out: str | Path | None = None, progress: bool = Tr
 
         results = {
             "name": cfg.name,
-            "dataset": {"name": data.name, "image_shape": list(data.image_shape),
+            "dataset": {"name": data.name, "image_shape": list(data.image_shape), "num_classes": data.num_classes,
                         "student_image_shape": list(xs.image_shape), "n_train": int(len(data.y_train)),
                         "n_val": int(len(data.y_val)), "n_test": int(len(data.y_test))},
-            "teacher": {"accuracy": teacher_acc, "params": param_count(teacher), "source": source},
+            "teacher": {"accuracy": teacher_acc, "params": param_count(teacher), "source": source,
+                        "hidden": list(cfg.teacher.hidden)},
+            "variant": {"family": cfg.student.family, "mode": cfg.distill.mode,
+                        "layer_target": cfg.distill.layer_target if mirror else None,
+                        "description": _describe_variant(cfg)},
             "budget": cfg.compare.budget,
             "reference": {"label": specs[0].label, "bond_dim": cfg.student.bond_dim, "params": budget[0]["params"],
                           "d_chi2": budget[0]["d"] * cfg.student.bond_dim ** 2},
             "seeds": list(cfg.compare.seeds),
             "epochs": cfg.distill.epochs,
+            "layer_epochs": cfg.distill.layer_epochs if mirror and cfg.distill.mode != "end_to_end" else None,
             "significance_rule": SIGNIFICANCE_RULE,
             "pairs": _pairs(maps),
             "maps": maps,
@@ -320,7 +449,7 @@ def _pairs(maps: list[dict]) -> list[dict]:
 def _csv(maps: list[dict]) -> str:
     buf = io.StringIO()
     fields = ["label", "name", "pairing", "d", "bond_dim", "params", "seed", "accuracy", "agreement", "kl",
-              "train_time_s", "vanishing_fraction", "best_epoch", "failed"]
+              "train_time_s", "vanishing_fraction", "layer_r2_layerwise", "layer_r2_final", "best_epoch", "failed"]
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for m in maps:
@@ -329,12 +458,26 @@ def _csv(maps: list[dict]) -> str:
                         "bond_dim": m["bond_dim"], "params": r["params"], "seed": r["seed"],
                         "accuracy": r["accuracy"], "agreement": r["agreement"], "kl": r["kl"],
                         "train_time_s": r["train_time_s"], "vanishing_fraction": r["vanishing_fraction"],
-                        "best_epoch": r["best_epoch"], "failed": r.get("failed", "")})
+                        "layer_r2_layerwise": _blank(r["layer_r2_layerwise"]),
+                        "layer_r2_final": _blank(r["layer_r2_final"]),
+                        "best_epoch": _blank(r["best_epoch"]), "failed": r.get("failed", "")})
     return buf.getvalue()
+
+
+def _blank(value):
+    return "" if value is None else value
 
 
 def _pm(s: dict, scale: float = 100.0, fmt: str = ".2f") -> str:
     return f"{scale * s['mean']:{fmt}} ± {scale * s['std']:{fmt}}"
+
+
+def _has_layers(results: dict) -> bool:
+    return results["variant"]["family"] == "mps_layers"
+
+
+def _r2(s: dict) -> str:
+    return "–" if s["mean"] is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
 
 
 def _rows(results: dict) -> list[list[str]]:
@@ -350,16 +493,23 @@ def _rows(results: dict) -> list[list[str]]:
                      _pm(s["train_time_s"], 1.0, ".1f")]
             if s["n_failed"]:
                 cells[0] += f" ({s['n_failed']} seed(s) failed)"
+        if _has_layers(results):
+            cells += [_r2(s["layer_r2_layerwise"]), _r2(s["layer_r2_final"])]
         rows.append([m["label"], str(m["d"]), str(m["bond_dim"]), f"{m['params']:,}", *cells, vanish])
     return rows
 
 
-_HEADER = ["map", "d", "χ", "params", "test acc. %", "agreement %", "KL (nats)", "train s", "Φ=0 %"]
+def _header(results: dict) -> list[str]:
+    head = ["map", "d", "χ", "params", "test acc. %", "agreement %", "KL (nats)", "train s"]
+    if _has_layers(results):
+        head += ["layer R² after layer-wise", "layer R² final"]
+    return head + ["Φ=0 %"]
 
 
 def console_table(results: dict) -> str:
-    rows = [_HEADER] + _rows(results)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(_HEADER))]
+    header = _header(results)
+    rows = [header] + _rows(results)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
@@ -368,20 +518,36 @@ def markdown_report(results: dict, config_yaml: str) -> str:
     h, w = d["student_image_shape"]
     budget = (f"parameter count closest to the reference's {ref['params']:,}" if results["budget"] == "params"
               else f"d·χ² closest to the reference's {ref['d_chi2']:,}")
+    t = results["teacher"]
+    widths = "-".join(str(x) for x in [h * w, *t["hidden"], d.get("num_classes", "?")])
+    if _has_layers(results):
+        v = results["variant"]
+        epochs = []
+        if results["layer_epochs"] is not None:
+            epochs.append(f"{results['layer_epochs']} epochs per layer, matching {v['layer_target']}-activations")
+        if v["mode"] != "layerwise":
+            epochs.append(f"{results['epochs']} KD epochs")
+        student = (f"student is the teacher ({widths}) with every hidden layer replaced by an MPS layer "
+                   f"(one site per input unit) with the map, distill.mode = {v['mode']}: "
+                   f"{v['description'].split(', ', 1)[1]} ({'; '.join(epochs)}). `layer R²`: mean over the "
+                   "hidden layers of R² on held-out (test) teacher activations, each layer fed the teacher's "
+                   "own input, after the layer-wise phase and at the end")
+    else:
+        student = (f"student is one MPS over {h}×{w} = {h * w} sites distilled end to end on the teacher's "
+                   f"logits ({results['epochs']} epochs)")
     lines = [
         f"# compare-maps: {results['name']}",
         "",
         f"Dataset **{d['name']}** ({d['n_train']} train / {d['n_val']} validation / {d['n_test']} test); the "
-        f"student is one MPS over {h}×{w} = {h * w} sites distilled end to end on the teacher's logits "
-        f"({results['epochs']} epochs). Teacher: {100 * results['teacher']['accuracy']:.2f} % test accuracy, "
-        f"{results['teacher']['params']:,} parameters ({results['teacher']['source']}).",
+        f"{student}. Teacher: {100 * t['accuracy']:.2f} % test accuracy, "
+        f"{t['params']:,} parameters ({t['source']}).",
         "",
         f"Budget **{results['budget']}**: the reference is {ref['label']!r} at χ = {ref['bond_dim']}; every other "
         f"map gets the χ with the {budget}. Values are mean ± std (sample std, ddof 1) over seeds "
         f"{results['seeds']}; all metrics on the test split. `Φ=0 %`: test inputs whose feature tensor "
         "Φ(x) = ⊗φ is exactly zero (the student can only output a constant for them).",
         "",
-        *report.markdown_table(_HEADER, _rows(results)),
+        *report.markdown_table(_header(results), _rows(results)),
         "",
         "![mean test accuracy](compare_maps.png)",
         "",

@@ -111,6 +111,9 @@ class StudentConfig:
     bond_dim: int = field(default=8, metadata=_at_least(1))
     output_site: int | None = field(default=None, metadata=_at_least(1))  # None = middle
     init_std: float = field(default=0.01, metadata=_check("a number ≥ 0", lambda v: v >= 0))
+    # How MPS chains are contracted (all give the same values): None = chosen from shape and
+    # backend (CPU: scan); see distill.tn.mps.contract.
+    contraction: str | None = field(default=None, metadata=_choice("scan", "tree", "chunked"))
     # Factorised families (tt, lowrank) and the dense bottleneck
     rank: int = field(default=8, metadata=_at_least(1))
     tt_factors: int = field(default=4, metadata=_at_least(2))  # cores per TT layer (modes chosen automatically)

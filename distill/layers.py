@@ -6,6 +6,7 @@ Drop any of these into your own `nnx.Module` and train it with
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import math
@@ -21,7 +22,6 @@ from distill.errors import DistillError
 from distill.tn import mps as mps_lib
 from distill.tn import mps_layer as mps_layer_lib
 from distill.tn import tt as tt_lib
-from distill.tn.feature_maps import get_feature_map as _local_feature_map
 from distill.tn.feature_maps import (
     FeatureMap,
     LearnedParams,
@@ -84,12 +84,12 @@ class Partners(nnx.Variable):
 _LEARNED_KEYS = ("hidden", "per_site")
 
 
-def _unknown_map_error(name) -> DistillError:
+def _unknown_map_error(name, layer: str = "MPS") -> DistillError:
     names = feature_map_names()
     close = difflib.get_close_matches(str(name), names, n=1) if isinstance(name, str) else []
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return DistillError(
-        f"MPS: unknown feature map {name!r}{hint}; registered feature maps: {', '.join(names)}"
+        f"{layer}: unknown feature map {name!r}{hint}; registered feature maps: {', '.join(names)}"
     )
 
 
@@ -101,10 +101,10 @@ def _dimension_indexed(name: str) -> bool:
     return entry.from_dim is not None or fm_lib._takes_d(entry.factory)
 
 
-def _resolve_feature_map(name, feature_dim: int, feature_params: dict) -> FeatureMap:
+def _resolve_feature_map(name, feature_dim: int, feature_params: dict, layer: str = "MPS") -> FeatureMap:
     """The registered map of an MPS that is not `learned` (rule: see the MPS docstring)."""
     if not isinstance(name, str) or name not in feature_map_names():
-        raise _unknown_map_error(name)
+        raise _unknown_map_error(name, layer)
     if feature_params:
         fm = make_feature_map(name, check=False, **feature_params)
     elif _dimension_indexed(name):
@@ -113,11 +113,117 @@ def _resolve_feature_map(name, feature_dim: int, feature_params: dict) -> Featur
         fm = make_feature_map(name, check=False)
     if feature_dim != 2 and fm.d != feature_dim:
         raise DistillError(
-            f"MPS: feature map {name!r} with parameters {dict(feature_params)} has d = {fm.d} "
+            f"{layer}: feature map {name!r} with parameters {dict(feature_params)} has d = {fm.d} "
             f"components but feature_dim = {feature_dim}; leave feature_dim at 2 (d is read "
             "off the map) or make them agree"
         )
     return fm
+
+
+@dataclasses.dataclass(frozen=True)
+class _FeatureChoice:
+    """A layer's feature map as its arguments resolve it (shared by MPS and MPSHidden)."""
+
+    fm: FeatureMap | None  # None: the learned map (its weights live on the layer)
+    d: int
+    shift: float  # pairwise maps read inputs shifted by this; 0 for local maps
+    partners: np.ndarray | None  # (n,) over input features, pairwise maps only
+    learned: tuple[int, bool] | None  # (hidden, per_site) of the learned map
+
+
+def _choose_feature_map(
+    layer: str, n_sites: int, order: np.ndarray, feature_map, feature_dim: int,
+    feature_params: dict, pairing, pairing_seed: int, pair_shift,
+) -> _FeatureChoice:
+    """Resolve and validate a layer's feature map (the rules are in the MPS docstring)."""
+    if feature_map == "learned":
+        bad = sorted(set(feature_params) - set(_LEARNED_KEYS))
+        if bad:
+            raise DistillError(
+                f"{layer}: feature map 'learned' takes feature_params {list(_LEARNED_KEYS)}, got {bad}"
+            )
+        hidden = _check_int("feature_params.hidden", feature_params.get("hidden", 8), 1)
+        per_site = feature_params.get("per_site", False)
+        if not isinstance(per_site, bool):
+            raise DistillError(f"{layer}: feature_params.per_site must be true/false, got {per_site!r}")
+        fm, d, arity, learned_spec = None, feature_dim, 1, (hidden, per_site)
+    else:
+        fm = _resolve_feature_map(feature_map, feature_dim, feature_params, layer)
+        d, arity, learned_spec = fm.d, fm.arity, None
+
+    if arity == 2:
+        if pairing is None:
+            raise DistillError(
+                f"{layer}: feature map {feature_map!r} is pairwise and needs pairing= "
+                "'neighbour', 'random' or a partner array (n,)"
+            )
+        shift = 1.0 if pair_shift is None else float(pair_shift)
+        partners = make_partners(pairing, n_sites, seed=pairing_seed, order=order)
+        base = fm.fn
+        fm = FeatureMap(fm.name, d, lambda a, b: base(a + shift, b + shift), fm.params, 2)
+    else:
+        if pairing is not None:
+            raise DistillError(
+                f"{layer}: pairing= is only for pairwise feature maps "
+                f"({', '.join(feature_map_names(arity=2))}); {feature_map!r} is local"
+            )
+        if pair_shift is not None:
+            raise DistillError(f"{layer}: pair_shift= is only for pairwise feature maps")
+        shift, partners = 0.0, None
+    if fm is not None:
+        # eager even inside a shape-only build (nnx.eval_shape): the map's values are constants
+        with jax.ensure_compile_time_eval():
+            validate_feature_map(fm)
+    return _FeatureChoice(fm, d, shift, partners, learned_spec)
+
+
+def _attach_feature_map(module: nnx.Module, choice: _FeatureChoice, n_sites: int, rngs, dtype) -> None:
+    """Give `module` what `_site_features` reads: partners (a Partners variable or None), the
+    learned map's weights (nnx.Param phi_w1, phi_b1, phi_w2, phi_b2) or the map's function."""
+    module.partners = None if choice.partners is None else Partners(jnp.asarray(choice.partners))
+    if choice.learned is not None:
+        hidden, per_site = choice.learned
+        lp = init_learned(rngs.params(), choice.d, hidden, n_sites if per_site else None, dtype)
+        if not isinstance(lp.w1, jax.core.Tracer):  # a shape-only build has no weights to check
+            for i in range(n_sites) if per_site else (None,):
+                validate_feature_map(make_feature_map("learned", check=False, params=lp, site=i))
+        module.phi_w1, module.phi_b1, module.phi_w2, module.phi_b2 = (nnx.Param(a) for a in lp)
+        module._phi = None
+    else:
+        module._phi = choice.fm.fn
+
+
+def _site_features(module: nnx.Module, x: Array) -> Array:
+    """x (B, n) in [0, 1], input order → φ (B, n, d) in chain order (site s reads order[s])."""
+    order = module.site_order[...]
+    if module.partners is not None:
+        return jnp.take(apply_pairwise(module._phi, x, module.partners[...]), order, axis=1)
+    x = jnp.take(x, order, axis=1)
+    if module._phi is None:
+        lp = LearnedParams(module.phi_w1[...], module.phi_b1[...], module.phi_w2[...], module.phi_b2[...])
+        return learned(x, lp)
+    return module._phi(x)
+
+
+def _identity_weights(module: nnx.Module, n_sites: int, d: int, dtype) -> np.ndarray | None:
+    """Weights for `tn.mps.init_mps`: the combination of φ's components that best fits the
+    constant 1 on [0, 1] (every site matrix then starts near a positive multiple of I).
+    None in a shape-only build (nnx.eval_shape) of a learned map: no values exist there."""
+    with jax.ensure_compile_time_eval():
+        grid = jnp.tile(jnp.linspace(0.0, 1.0, 33, dtype=dtype)[:, None], (1, n_sites))
+        phi = _site_features(module, grid)
+    if isinstance(phi, jax.core.Tracer):
+        return None
+    return mps_lib.identity_weights_for(phi.reshape(-1, d))
+
+
+def _check_contraction(layer: str, contraction) -> str | None:
+    if contraction is not None and contraction not in mps_lib.METHODS:
+        raise DistillError(
+            f"{layer}: contraction must be one of {', '.join(mps_lib.METHODS)} or None (automatic), "
+            f"got {contraction!r}"
+        )
+    return contraction
 
 
 class MPS(nnx.Module):
@@ -162,6 +268,9 @@ class MPS(nnx.Module):
     no x_a is 0 — pair_product in this MPS is a local map [1, x] of the partner, read in the
     partner order, not a genuinely codependent one.
 
+    ``contraction``: "scan", "tree" or "chunked" (`tn.mps.contract`); None picks from shape
+    and backend (`tn.mps.choose_method`). All give the same values.
+
     Parameters (nnx.Param): first (d, χ), left (k-1, d, χ, χ), out (χ, m, χ),
     right (n-k-1, d, χ, χ), last (d, χ), log_scale (), and the learned map's weights.
     `site_order` (SiteOrder) and `partners` (Partners, pairwise maps only) are fixed.
@@ -182,6 +291,7 @@ class MPS(nnx.Module):
         output_site: int | None = None,
         init_std: float = 0.01,
         site_order: Sequence[int] | np.ndarray | Array | None = None,
+        contraction: str | None = None,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -193,45 +303,11 @@ class MPS(nnx.Module):
         order = _validate_order(site_order, n_sites)
         feature_params = dict(feature_params or {})
 
-        learned_spec = None
-        if feature_map == "learned":
-            bad = sorted(set(feature_params) - set(_LEARNED_KEYS))
-            if bad:
-                raise DistillError(
-                    f"MPS: feature map 'learned' takes feature_params {list(_LEARNED_KEYS)}, "
-                    f"got {bad}"
-                )
-            hidden = _check_int("feature_params.hidden", feature_params.get("hidden", 8), 1)
-            per_site = feature_params.get("per_site", False)
-            if not isinstance(per_site, bool):
-                raise DistillError(f"MPS: feature_params.per_site must be true/false, got {per_site!r}")
-            learned_spec = (hidden, per_site)
-            d, arity, fm = feature_dim, 1, None
-        else:
-            fm = _resolve_feature_map(feature_map, feature_dim, feature_params)
-            d, arity = fm.d, fm.arity
-
-        if arity == 2:
-            if pairing is None:
-                raise DistillError(
-                    f"MPS: feature map {feature_map!r} is pairwise and needs pairing= "
-                    "'neighbour', 'random' or a partner array (n,)"
-                )
-            shift = 1.0 if pair_shift is None else float(pair_shift)
-            partners = make_partners(pairing, n_sites, seed=pairing_seed, order=order)
-            base = fm.fn
-            fm = FeatureMap(fm.name, d, lambda a, b: base(a + shift, b + shift), fm.params, 2)
-        else:
-            if pairing is not None:
-                raise DistillError(
-                    f"MPS: pairing= is only for pairwise feature maps "
-                    f"({', '.join(feature_map_names(arity=2))}); {feature_map!r} is local"
-                )
-            if pair_shift is not None:
-                raise DistillError("MPS: pair_shift= is only for pairwise feature maps")
-            shift, partners = 0.0, None
-        if fm is not None:
-            validate_feature_map(fm)
+        choice = _choose_feature_map(
+            "MPS", n_sites, order, feature_map, feature_dim, feature_params, pairing, pairing_seed,
+            pair_shift,
+        )
+        d = choice.d
 
         self.n_sites = n_sites
         self.n_out = n_out
@@ -239,29 +315,17 @@ class MPS(nnx.Module):
         self.feature_map = feature_map
         self.feature_dim = d
         self.feature_params = tuple(sorted(feature_params.items()))
-        self.pair_shift = shift
+        self.pair_shift = choice.shift
         self.output_site = k
+        self.contraction = _check_contraction("MPS", contraction)
         self.dtype = dtype
 
         # z = L̂·out·R̂ already has unit variance per output at init (out ~ N(0, 1)), so
         # exp(0) = 1 starts the logits at O(1).
         self.log_scale = nnx.Param(jnp.zeros((), dtype))
         self.site_order = SiteOrder(jnp.asarray(order))
-        self.partners = None if partners is None else Partners(jnp.asarray(partners))
-
-        if learned_spec is not None:
-            hidden, per_site = learned_spec
-            lp = init_learned(rngs.params(), d, hidden, n_sites if per_site else None, dtype)
-            for i in range(n_sites) if per_site else (None,):
-                validate_feature_map(make_feature_map("learned", check=False, params=lp, site=i))
-            self.phi_w1, self.phi_b1, self.phi_w2, self.phi_b2 = (nnx.Param(a) for a in lp)
-            self._phi = None
-        else:
-            self._phi = fm.fn
-        # Start every site matrix near a positive multiple of the identity for this map: the
-        # identity goes on the combination of components that best fits the constant 1.
-        grid = jnp.tile(jnp.linspace(0.0, 1.0, 33, dtype=dtype)[:, None], (1, n_sites))
-        weights = mps_lib.identity_weights_for(self.features(grid).reshape(-1, d))
+        _attach_feature_map(self, choice, n_sites, rngs, dtype)
+        weights = _identity_weights(self, n_sites, d, dtype)
         p = mps_lib.init_mps(
             rngs.params(), n_sites, d, bond_dim, n_out,
             output_site=k, init_std=init_std, identity_weights=weights, dtype=dtype,
@@ -286,19 +350,11 @@ class MPS(nnx.Module):
                 f"MPS: expected input of shape (batch, {self.n_sites}), got {tuple(x.shape)}; "
                 "flatten images and scale them to [0, 1] first"
             )
-        x = x.astype(self.dtype)
-        order = self.site_order[...]
-        if self.partners is not None:
-            return jnp.take(apply_pairwise(self._phi, x, self.partners[...]), order, axis=1)
-        x = jnp.take(x, order, axis=1)
-        if self._phi is None:
-            lp = LearnedParams(self.phi_w1[...], self.phi_b1[...], self.phi_w2[...], self.phi_b2[...])
-            return learned(x, lp)
-        return self._phi(x)
+        return _site_features(self, x.astype(self.dtype))
 
     def __call__(self, x: Array) -> Array:
         """x (B, n) in [0, 1] → (B, m)."""
-        z, _ = mps_lib.contract(self.params, self.features(x))
+        z, _ = mps_lib.contract(self.params, self.features(x), method=self.contraction)
         return jnp.exp(self.log_scale[...]) * z
 
 
@@ -614,6 +670,9 @@ class MPSHidden(nnx.Module):
     * Input: x̃ = clip((x - offset) / scale, 0, 1) per feature, with `offset`, `scale`
       non-trainable `InputScale` variables (saved with the checkpoint); set them from data
       with `set_input_scale(x_sample)` (ReLU activations are ≥ 0 but unbounded).
+    * Feature map φ(x̃): any registered map, `learned`, or a pairwise map with a pairing over
+      the n_in inputs — the arguments `feature_map`, `feature_dim`, `feature_params`,
+      `pairing`, `pairing_seed`, `pair_shift` mean exactly what they mean for `MPS`.
     * Chain: the n_in sites of `tn.mps` (near-identity init) with the output core between
       sites k-1 and k, contracted by `tn.mps.contract` (unit-normalised left/right vectors,
       log-norm separated and dropped; one learned scalar s sets the size, DESIGN.md §1).
@@ -629,7 +688,7 @@ class MPSHidden(nnx.Module):
 
     Parameters (nnx.Param): first (d, χ), left (k-1, d, χ, χ), right (n_in-k-1, d, χ, χ),
     last (d, χ); out_cores (nnx.List of (ρ, m_k, ρ)) or readout_core (χ, r, χ) and
-    readout (n_out, r); log_scale (); bias (n_out,).
+    readout (n_out, r); log_scale (); bias (n_out,); the learned map's weights.
     """
 
     def __init__(
@@ -640,6 +699,10 @@ class MPSHidden(nnx.Module):
         bond_dim: int,
         feature_map: str = "trig",
         feature_dim: int = 2,
+        feature_params: dict | None = None,
+        pairing: str | Sequence[int] | np.ndarray | None = None,
+        pairing_seed: int = 0,
+        pair_shift: float | None = None,
         out_factors: Sequence[int] | None = None,
         out_bond: int | None = None,
         readout_rank: int | None = None,
@@ -649,6 +712,7 @@ class MPSHidden(nnx.Module):
         output_site: int | None = None,
         init_std: float = 0.01,
         site_order: Sequence[int] | np.ndarray | Array | None = None,
+        contraction: str | None = None,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -660,9 +724,14 @@ class MPSHidden(nnx.Module):
         bond_dim = _check_width(layer, "bond_dim", bond_dim)
         feature_dim = _check_width(layer, "feature_dim", feature_dim)
         activation = _check_activation(layer, activation)
-        _local_feature_map(feature_map, feature_dim)  # validates the name and d early
         k = mps_lib.resolve_output_site(n_in, output_site)
         order = _validate_order(site_order, n_in)
+        feature_params = dict(feature_params or {})
+        choice = _choose_feature_map(
+            layer, n_in, order, feature_map, feature_dim, feature_params, pairing, pairing_seed,
+            pair_shift,
+        )
+        feature_dim = choice.d
         if readout_rank is not None:
             if out_factors is not None or out_bond is not None:
                 raise DistillError(
@@ -695,17 +764,22 @@ class MPSHidden(nnx.Module):
         self.bond_dim = bond_dim
         self.feature_map = feature_map
         self.feature_dim = feature_dim
+        self.feature_params = tuple(sorted(feature_params.items()))
+        self.pair_shift = choice.shift
         self.out_factors = out_factors
         self.out_bond = out_bond
         self.readout_rank = readout_rank
         self.activation = activation
         self.output_site = k
+        self.contraction = _check_contraction(layer, contraction)
         self.dtype = dtype
 
         key_chain, key_out, key_read = jax.random.split(rngs.params(), 3)
+        self.site_order = SiteOrder(jnp.asarray(order))
+        _attach_feature_map(self, choice, n_in, rngs, dtype)
         p = mps_lib.init_mps(
             key_chain, n_in, feature_dim, bond_dim, 1, output_site=k, init_std=init_std,
-            dtype=dtype,
+            identity_weights=_identity_weights(self, n_in, feature_dim, dtype), dtype=dtype,
         )  # its (χ, 1, χ) output core is not used
         self.first = nnx.Param(p.first)
         self.left = nnx.Param(p.left)
@@ -726,7 +800,6 @@ class MPSHidden(nnx.Module):
             )
         self.log_scale = nnx.Param(jnp.zeros((), dtype))
         self.bias = nnx.Param(jnp.zeros((n_out,), dtype))
-        self.site_order = SiteOrder(jnp.asarray(order))
         scale = 1.0 if input_scale is None else input_scale
         scale = _per_feature(layer, "input_scale", scale, n_in, dtype)
         if not np.all(np.asarray(1.0 if input_scale is None else input_scale, np.float64) > 0):
@@ -777,8 +850,7 @@ class MPSHidden(nnx.Module):
     def features(self, x: Array) -> Array:
         """x (B, n_in) → φ(x̃) (B, n_in, d) in site order, x̃ the clipped, scaled input."""
         x = (x.astype(self.dtype) - self.input_offset[...]) / self.input_scale[...]
-        x = jnp.take(jnp.clip(x, 0.0, 1.0), self.site_order[...], axis=1)
-        return _local_feature_map(self.feature_map, self.feature_dim)(x)
+        return _site_features(self, jnp.clip(x, 0.0, 1.0))
 
     def __call__(self, x: Array) -> Array:
         """x (B, n_in) → (B, n_out)."""
@@ -786,7 +858,7 @@ class MPSHidden(nnx.Module):
             raise DistillError(
                 f"MPSHidden: expected input of shape (batch, {self.n_in}), got {tuple(x.shape)}"
             )
-        z, _ = mps_lib.contract(self.params, self.features(x))
+        z, _ = mps_lib.contract(self.params, self.features(x), method=self.contraction)
         if self.readout_rank is not None:
             z = jnp.einsum("bk,ok->bo", z, self.readout[...])
         y = jnp.exp(self.log_scale[...]) * z + self.bias[...]

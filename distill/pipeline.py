@@ -175,9 +175,40 @@ def _layer_io_names(teacher: teachers.MLP, target: str) -> list[tuple[str | None
             for i, name in enumerate(hidden)]
 
 
-def _distil_mirror(cfg: Config, data: Dataset, teacher: teachers.MLP, t_train: np.ndarray, progress: bool):
+@dataclass(frozen=True)
+class TeacherLayers:
+    """What layer-wise training reads from the frozen teacher, computed once per teacher.
+
+    io[l] = (teacher activation feeding hidden layer l — None for the input —, the activation
+    it must match); acts[split][name] (N, width) for split train / val / test; scales[l] (n_in,)
+    maps layer l's inputs into [0, 1] (each unit's largest training value).
+    """
+
+    io: list[tuple[str | None, str]]
+    acts: dict[str, dict[str, np.ndarray]]
+    scales: list[np.ndarray]
+
+    def inputs(self, data: Dataset, split: str, name: str | None) -> np.ndarray:
+        return getattr(data, f"x_{split}") if name is None else self.acts[split][name]
+
+
+def teacher_layers(cfg: Config, data: Dataset, teacher: teachers.MLP) -> TeacherLayers:
+    io = _layer_io_names(teacher, cfg.distill.layer_target)
+    # Only the activations the layers read or must match (not every pre/post of every layer).
+    names = tuple(dict.fromkeys(n for pair in io for n in pair if n is not None))
+    acts = {split: teachers.frozen_activations(teacher, getattr(data, f"x_{split}"), names)
+            for split in ("train", "val", "test")}
+    # A feature map needs inputs in [0, 1]: scale every unit by its largest training value.
+    scales = [np.maximum((data.x_train if src is None else acts["train"][src]).max(axis=0), 1e-6)
+              .astype(np.float32) for src, _ in io]
+    return TeacherLayers(io, acts, scales)
+
+
+def _distil_mirror(cfg: Config, data: Dataset, teacher: teachers.MLP, t_train: np.ndarray, progress: bool,
+                   layers: TeacherLayers | None = None):
     """Mirror families: warm start, layer-wise fits, KD fine-tuning as the mode says.
 
+    `layers`: the teacher's activations (`teacher_layers`), computed here when not given.
     Returns (student, curves, stages, per-layer rows); stages maps a phase to the test
     accuracy after it, so the report shows what each phase added.
     """
@@ -185,17 +216,12 @@ def _distil_mirror(cfg: Config, data: Dataset, teacher: teachers.MLP, t_train: n
         raise DistillError(f"student.downsample={cfg.student.downsample} only applies to student.family=mps; "
                            "a mirror student reads the teacher's inputs (set it to 1)")
     mode, target = cfg.distill.mode, cfg.distill.layer_target
-    io = _layer_io_names(teacher, target)
-    # Only the activations the layers read or must match (not every pre/post of every layer).
-    names = tuple(dict.fromkeys(n for pair in io for n in pair if n is not None))
-    acts = {split: teachers.frozen_activations(teacher, getattr(data, f"x_{split}"), names)
-            for split in ("train", "val", "test")}
+    tl = teacher_layers(cfg, data, teacher) if layers is None else layers
+    io, acts, scales = tl.io, tl.acts, tl.scales
 
     def inputs(split: str, name: str | None) -> np.ndarray:
-        return getattr(data, f"x_{split}") if name is None else acts[split][name]
+        return tl.inputs(data, split, name)
 
-    # A feature map needs inputs in [0, 1]: scale every unit by its largest training value.
-    scales = [np.maximum(inputs("train", src).max(axis=0), 1e-6).astype(np.float32) for src, _ in io]
     labels_only = mode == "labels_only"
     student = students.build_mirror(cfg, teacher, scales, warm_start=False if labels_only else None)
     curves: dict[str, dict] = {}
@@ -207,6 +233,7 @@ def _distil_mirror(cfg: Config, data: Dataset, teacher: teachers.MLP, t_train: n
     else:
         stages["warm start" if cfg.student.warm_start else "initialisation"] = train.losses.accuracy(
             train.predict(student, data.x_test), data.y_test)
+
     def fidelity() -> list[dict]:
         """Per layer, on held-out (test) teacher activations, each layer fed the teacher's own input."""
         out = []

@@ -76,7 +76,7 @@ def build_mps(cfg: Config, n_sites: int, image_shape: tuple[int, int], num_class
                feature_params=s.feature_params or None, pairing=s.pairing,
                pairing_seed=cfg.seed if s.pairing_seed is None else s.pairing_seed, pair_shift=s.pair_shift,
                output_site=s.output_site, init_std=s.init_std, site_order=site_order(image_shape, cfg.data.ordering),
-               rngs=nnx.Rngs(cfg.seed + 1))
+               contraction=s.contraction, rngs=nnx.Rngs(cfg.seed + 1))
 
 
 def build_mirror(cfg: Config, teacher: MLP, input_scales: list[np.ndarray] | None = None, *,
@@ -86,7 +86,9 @@ def build_mirror(cfg: Config, teacher: MLP, input_scales: list[np.ndarray] | Non
     warm_start (default: cfg.student.warm_start): tt layers from TT-SVD of the teacher's W,
     lowrank from its truncated SVD, and the head copied from the teacher's output layer.
     `input_scales[l]` (n_in,) maps layer l's inputs into [0, 1] for `mps_layers` (a feature
-    map needs inputs there); typically the teacher activations' per-unit maxima.
+    map needs inputs there); typically the teacher activations' per-unit maxima. A random
+    pairing of a pairwise map is drawn per layer, from pairing_seed + l (pairing_seed
+    defaults to the run's seed).
     """
     s = cfg.student
     warm = s.warm_start if warm_start is None else warm_start
@@ -97,21 +99,24 @@ def build_mirror(cfg: Config, teacher: MLP, input_scales: list[np.ndarray] | Non
     widths = [spec["in_features"], *spec["hidden"]]
     layers: list[nnx.Module] = []
     for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
-        w, b = _dense_w_b(getattr(teacher, f"hidden_{i}"))
         if s.family == "tt":
             if warm:
-                layer = TTLinear.from_dense(w, b, n_factors=s.tt_factors, rank=s.rank)
+                layer = TTLinear.from_dense(*_dense_w_b(getattr(teacher, f"hidden_{i}")), n_factors=s.tt_factors,
+                                            rank=s.rank)
             else:
                 layer = TTLinear(n_in, n_out, n_factors=s.tt_factors, rank=s.rank, rngs=rngs)
         elif s.family == "lowrank":
-            layer = (LowRankLinear.from_dense(w, b, rank=s.rank) if warm
+            layer = (LowRankLinear.from_dense(*_dense_w_b(getattr(teacher, f"hidden_{i}")), rank=s.rank) if warm
                      else LowRankLinear(n_in, n_out, rank=s.rank, rngs=rngs))
         elif s.family == "dense":
             layer = DenseBottleneck(n_in, n_out, width=s.hidden_width, activation=spec["activation"], rngs=rngs)
         else:  # mps_layers
             scale = None if input_scales is None else input_scales[i]
+            pairing_seed = (cfg.seed if s.pairing_seed is None else s.pairing_seed) + i
             layer = MPSHidden(n_in, n_out, bond_dim=s.bond_dim, feature_map=s.feature_map,
-                              feature_dim=s.feature_dim, input_scale=scale, rngs=rngs)
+                              feature_dim=s.feature_dim, feature_params=s.feature_params or None,
+                              pairing=s.pairing, pairing_seed=pairing_seed, pair_shift=s.pair_shift,
+                              input_scale=scale, contraction=s.contraction, rngs=rngs)
         layers.append(layer)
     head = nnx.Linear(widths[-1], spec["n_classes"], rngs=rngs)
     if warm:
@@ -131,6 +136,12 @@ def layer_params(student: MirrorStudent, teacher: MLP) -> list[dict]:
     return rows
 
 
+def mirror_param_count(cfg: Config, teacher: MLP) -> int:
+    """Parameters of `build_mirror(cfg, teacher)`, from a shape-only build (no arrays drawn).
+    Only the teacher's widths are read, so `teacher` may itself be shape-only (nnx.eval_shape)."""
+    return param_count(nnx.eval_shape(lambda: build_mirror(cfg, teacher, warm_start=False)))
+
+
 #: The one size knob of each mirror family, searched by `match_budget`.
 SIZE_KNOBS = {"tt": "rank", "lowrank": "rank", "dense": "hidden_width", "mps_layers": "bond_dim"}
 
@@ -141,8 +152,8 @@ def match_budget(cfg: Config, teacher: MLP, target_params: int, max_size: int = 
     knob = SIZE_KNOBS[cfg.student.family]
 
     def count(size: int) -> int:
-        trial = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, **{knob: size}))
-        return param_count(nnx.eval_shape(lambda: build_mirror(trial, teacher, warm_start=False)))
+        return mirror_param_count(dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, **{knob: size})),
+                                  teacher)
 
     # Parameter counts grow monotonically with the knob: bisect for the crossing, then take the closer side.
     lo, hi = 1, max_size

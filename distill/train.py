@@ -90,7 +90,7 @@ def predict(model: nnx.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndar
 def fit(model: nnx.Module, loss_fn: Callable[..., jax.Array], x_train: np.ndarray,
         targets: tuple[np.ndarray, ...], x_val: np.ndarray, y_val: np.ndarray,
         settings: TrainSettings, *, score: Callable[[np.ndarray, np.ndarray], float] = losses.accuracy,
-        desc: str = "train", progress: bool = True) -> History:
+        score_name: str = "val_acc", desc: str = "train", progress: bool = True) -> History:
     """Train `model` in place on `loss_fn(outputs, *targets_batch)`; keep the best-by-validation params.
 
     x_train (N, n_in); each target (N, ...); x_val (N_val, n_in); y_val (N_val, ...) what
@@ -147,7 +147,7 @@ def fit(model: nnx.Module, loss_fn: Callable[..., jax.Array], x_train: np.ndarra
         if best_params is None or val_acc > hist.best_val_accuracy:
             hist.best_epoch, hist.best_val_accuracy = epoch, val_acc
             best_params = jax.tree.map(np.array, params)
-        bar.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.4f}", val_acc=f"{val_acc:.4f}")
+        bar.set_postfix({"epoch": epoch + 1, "loss": f"{train_loss:.4f}", score_name: f"{val_acc:.4f}"})
     bar.close()
     nnx.update(model, jax.tree.map(jnp.asarray, best_params))
     return hist
@@ -196,8 +196,8 @@ def fit_layer(layer: nnx.Module, x_train, y_train, x_val, y_val, settings: Train
     def mse(out, y):
         return jnp.mean((out - y) ** 2)
 
-    return fit(layer, mse, x_train, (y_train,), x_val, y_val, settings, score=r2_score, desc=desc,
-               progress=progress)
+    return fit(layer, mse, x_train, (y_train,), x_val, y_val, settings, score=r2_score, score_name="val_r2",
+               desc=desc, progress=progress)
 
 
 @dataclass(frozen=True)

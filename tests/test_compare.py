@@ -48,6 +48,9 @@ def test_folder_has_every_file_and_means_are_the_means_of_the_seeds(tiny_run):
         assert [r["seed"] for r in m["runs"]] == [0, 1]
         for metric in compare.METRICS:
             vals = [r[metric] for r in m["runs"]]
+            if metric.startswith("layer_r2"):  # the MPS student has no hidden layers
+                assert vals == [None, None] and m["summary"][metric] == {"mean": None, "std": None}
+                continue
             assert m["summary"][metric]["mean"] == pytest.approx(np.mean(vals), rel=1e-12)
             assert m["summary"][metric]["std"] == pytest.approx(np.std(vals, ddof=1), rel=1e-9, abs=1e-15)
         for r in m["runs"]:
@@ -110,7 +113,7 @@ def test_bad_map_entries_are_one_line_errors(maps, match, tmp_path):
 
 def test_a_student_without_a_feature_map_is_refused(tmp_path):
     cfg = from_dict({**TINY, "student": {**TINY.get("student", {}), "family": "tt"}})
-    with pytest.raises(DistillError, match="has no feature map to compare"):
+    with pytest.raises(DistillError, match="'tt' has no feature map to compare"):
         compare.compare_maps(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
@@ -147,3 +150,84 @@ def test_check_map_pairwise_counts_vanishing_samples_on_data():
     assert shifted.n_vanishing == 0
     with pytest.raises(DistillError, match="did you mean 'pair_product'"):
         compare.check_map("pair_prod", {})
+
+
+# ------------------------------------------------------------------ layer-wise variant
+
+TINY_LAYERS = {
+    **TINY,
+    "name": "tiny_compare_layers",
+    "teacher": {"hidden": [12, 8], "epochs": 2, "batch_size": 64},
+    "student": {"family": "mps_layers", "bond_dim": 3},
+    "distill": {"mode": "staged", "layer_epochs": 1, "epochs": 1, "batch_size": 64},
+    "compare": {"seeds": [0, 1], "budget": "params",
+                "maps": [{"name": "trig"}, {"name": "pair_affine", "pairing": "random"}]},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_layers_run(tmp_path_factory):
+    cfg = from_dict(TINY_LAYERS)
+    folder, results = compare.compare_maps(cfg, tmp_path_factory.mktemp("cmpl") / "run", progress=False)
+    return cfg, folder, results
+
+
+def test_layerwise_variant_records_layer_fidelity_and_matches_budgets(tiny_layers_run):
+    cfg, folder, results = tiny_layers_run
+    assert results["variant"]["family"] == "mps_layers" and results["variant"]["mode"] == "staged"
+    ref, pair = results["maps"]
+    assert (ref["d"], ref["bond_dim"], pair["d"]) == (2, 3, 3)
+    # the whole mirror student is counted: MPS layers 64→12, 12→8 and the dense head 8→10
+    from distill import students, teachers
+    from flax import nnx
+
+    teacher = teachers.MLP(64, (12, 8), 10, activation="relu", rngs=nnx.Rngs(0))
+    for m in (ref, pair):
+        run_cfg = compare.parse_maps(cfg)[results["maps"].index(m)].config(cfg, m["bond_dim"], seed=0)
+        built = students.build_mirror(run_cfg, teacher, warm_start=False)
+        assert m["params"] == param_count(built) == m["runs"][0]["params"]
+        # χ ± 1 would be farther from the reference's count
+        for other in (m["bond_dim"] - 1, m["bond_dim"] + 1):
+            if other >= 1 and m is pair:
+                alt = students.mirror_param_count(compare.parse_maps(cfg)[1].config(cfg, other, seed=0), teacher)
+                assert abs(alt - ref["params"]) >= abs(m["params"] - ref["params"])
+    for m in (ref, pair):
+        for r in m["runs"]:
+            for key in ("layer_r2_layerwise", "layer_r2_final"):  # R² ≤ 1; one epoch can leave it far below 0
+                assert np.isfinite(r[key]) and r[key] <= 1.0
+            assert 0.0 <= r["accuracy"] <= 1.0
+        vals = [r["layer_r2_layerwise"] for r in m["runs"]]
+        assert m["summary"]["layer_r2_layerwise"]["mean"] == pytest.approx(np.mean(vals), rel=1e-12)
+    rows = list(csv.DictReader((folder / "results.csv").open()))
+    assert float(rows[0]["layer_r2_final"]) == pytest.approx(ref["runs"][0]["layer_r2_final"])
+    report = (folder / "report.md").read_text()
+    assert "replaced by an MPS layer" in report and "layer R² after layer-wise" in report
+
+
+def test_layerwise_variant_draws_a_pairing_per_layer_and_seed(tiny_layers_run):
+    cfg, _, _ = tiny_layers_run
+    from distill import students, teachers
+    from flax import nnx
+
+    teacher = teachers.MLP(64, (12, 8), 10, activation="relu", rngs=nnx.Rngs(0))
+    spec = compare.parse_maps(cfg)[1]
+    s0, s0b, s1 = (students.build_mirror(spec.config(cfg, 3, seed=seed), teacher, warm_start=False)
+                   for seed in (0, 0, 1))
+    p0 = [np.asarray(layer.partners[...]) for layer in s0.hidden]
+    assert [p.shape for p in p0] == [(64,), (12,)]
+    for a, b in zip(p0, (np.asarray(layer.partners[...]) for layer in s0b.hidden)):
+        np.testing.assert_array_equal(a, b)  # same seed, same pairing
+    assert not np.array_equal(p0[0], np.asarray(s1.hidden[0].partners[...]))  # another seed, another one
+
+
+@pytest.mark.parametrize("student, mode, match", [
+    ({"family": "mps"}, "staged", "for the layer-wise variant set student.family=mps_layers"),
+    ({"family": "mps_layers"}, "labels_only", "takes distill.mode layerwise / staged / end_to_end"),
+    ({"family": "mps_layers", "downsample": 2}, "staged", "student.downsample=2 only applies"),
+])
+def test_variant_mistakes_are_one_line_errors(student, mode, match, tmp_path):
+    cfg = from_dict({**TINY_LAYERS, "student": student, "distill": {"mode": mode}})
+    with pytest.raises(DistillError, match=match) as err:
+        compare.compare_maps(cfg, tmp_path / "run", progress=False)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()

@@ -16,12 +16,14 @@ from distill.layers import InputScale, MPSHidden, param_count
 from distill.tn import feature_maps
 
 
-def _brute_force_reference(layer: MPSHidden, x: np.ndarray) -> np.ndarray:
+def _brute_force_reference(layer: MPSHidden, x: np.ndarray, phi_fn=None) -> np.ndarray:
     """y = act(exp(s)·(T·Φ(x̃)) / (‖L(x̃)‖·‖R(x̃)‖) + b) from the dense tensor T, in float64.
 
     T (d,)*n × n_out is formed entry by entry from the cores (every index combination, no
     library contraction); L, R are the unnormalised left/right environment vectors, whose
     norms the layer divides out (it keeps only the unit vectors and the learned scale).
+    phi_fn(x̃) (B, n) in input order → (B, n, d) in input order; default: the layer's
+    trig/poly map by name.
     """
     first = np.asarray(layer.first[...], np.float64)
     left = np.asarray(layer.left[...], np.float64)
@@ -59,8 +61,12 @@ def _brute_force_reference(layer: MPSHidden, x: np.ndarray) -> np.ndarray:
     xs = (np.asarray(x, np.float64) - np.asarray(layer.input_offset[...], np.float64)) / np.asarray(
         layer.input_scale[...], np.float64
     )
-    xs = np.clip(xs, 0.0, 1.0)[:, np.asarray(layer.site_order[...])]
-    phi = np.asarray(feature_maps.get_feature_map(layer.feature_map, d)(jnp.asarray(xs)), np.float64)
+    xs = np.clip(xs, 0.0, 1.0)
+    if phi_fn is None:
+        phi = np.asarray(feature_maps.get_feature_map(layer.feature_map, d)(jnp.asarray(xs)), np.float64)
+    else:
+        phi = np.asarray(phi_fn(xs), np.float64)
+    phi = phi[:, np.asarray(layer.site_order[...])]
     ys = []
     for b in range(x.shape[0]):
         phi_l = phi[b, 0]
@@ -111,6 +117,90 @@ def test_output_equals_brute_force_dense_contraction(cfg):
         want = _brute_force_reference(layer, x)
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def _fourier1(xs):
+    return np.stack([np.ones_like(xs), np.cos(2 * np.pi * xs), np.sin(2 * np.pi * xs)], axis=-1)
+
+
+def _pair_affine_shifted(partners, shift):
+    def phi(xs):
+        a, b = xs + shift, xs[:, partners] + shift
+        return np.stack([np.ones_like(a), a, a * b], axis=-1)
+
+    return phi
+
+
+@pytest.mark.parametrize("case", ["fourier", "pair_affine_random", "pair_product_neighbour"])
+def test_registry_and_pairwise_maps_equal_brute_force(case):
+    """MPSHidden takes every map MPS takes; φ here is written out by hand, not the library's."""
+    n_in, n_out = 5, 6
+    rng = np.random.default_rng(7)
+    kwargs = {
+        "fourier": dict(feature_map="fourier", feature_params={"order": 1}),
+        "pair_affine_random": dict(feature_map="pair_affine", pairing="random", pairing_seed=3,
+                                   pair_shift=0.5),
+        "pair_product_neighbour": dict(feature_map="pair_product", pairing="neighbour"),
+    }[case]
+    with jax.enable_x64(True):
+        layer = MPSHidden(
+            n_in, n_out, bond_dim=3, init_std=0.5, out_factors=(2, 3), dtype=jnp.float64,
+            site_order=rng.permutation(n_in), input_scale=rng.uniform(0.5, 2.0, n_in),
+            activation="tanh", rngs=nnx.Rngs(2), **kwargs,
+        )
+        layer.bias[...] = jnp.asarray(rng.normal(size=n_out))
+        x = rng.uniform(-0.5, 2.5, (5, n_in))
+        if case == "fourier":
+            phi_fn = _fourier1
+        else:
+            partners = np.asarray(layer.partners[...])
+            assert sorted(partners) != list(partners) or case == "pair_product_neighbour"
+            if case == "pair_product_neighbour":
+                def phi_fn(xs):
+                    a, b = xs + 1.0, xs[:, partners] + 1.0  # default shift 1
+                    return np.stack([a, a * b], axis=-1)
+            else:
+                phi_fn = _pair_affine_shifted(partners, 0.5)
+        got = np.asarray(layer(jnp.asarray(x)))
+        want = _brute_force_reference(layer, x, phi_fn)
+    assert layer.feature_dim == (2 if case == "pair_product_neighbour" else 3)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_pairing_is_seeded_saved_and_restored():
+    a = MPSHidden(12, 4, bond_dim=2, feature_map="pair_affine", pairing="random", pairing_seed=5,
+                  out_factors=(4,), rngs=nnx.Rngs(0))
+    b = MPSHidden(12, 4, bond_dim=2, feature_map="pair_affine", pairing="random", pairing_seed=5,
+                  out_factors=(4,), rngs=nnx.Rngs(1))
+    c = MPSHidden(12, 4, bond_dim=2, feature_map="pair_affine", pairing="random", pairing_seed=6,
+                  out_factors=(4,), rngs=nnx.Rngs(0))
+    pa, pb, pc = (np.asarray(m.partners[...]) for m in (a, b, c))
+    np.testing.assert_array_equal(pa, pb)
+    assert not np.array_equal(pa, pc)
+    assert np.all(pa != np.arange(12))  # nobody is its own partner
+    nnx.update(c, nnx.state(a))  # a checkpoint carries the partners
+    np.testing.assert_array_equal(np.asarray(c.partners[...]), pa)
+    x = jax.random.uniform(jax.random.key(0), (3, 12))
+    np.testing.assert_allclose(np.asarray(c(x)), np.asarray(a(x)), rtol=1e-6)
+
+
+def test_learned_map_weights_are_trained_with_the_layer():
+    layer = MPSHidden(6, 4, bond_dim=2, feature_map="learned", feature_dim=3,
+                      feature_params={"hidden": 5, "per_site": True}, out_factors=(4,), rngs=nnx.Rngs(0))
+    assert layer.phi_w1[...].shape[0] == 6  # one MLP per site
+    x = jax.random.uniform(jax.random.key(1), (8, 6))
+    grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(layer)
+    for name in ("phi_w1", "phi_b1", "phi_w2", "phi_b2"):
+        assert np.linalg.norm(np.asarray(grads[name][...])) > 0, name
+
+
+@pytest.mark.parametrize("method", ["scan", "tree", "chunked"])
+def test_contraction_override_gives_the_same_values(method):
+    auto = MPSHidden(9, 8, bond_dim=3, init_std=0.3, out_factors=(2, 4), rngs=nnx.Rngs(4))
+    forced = MPSHidden(9, 8, bond_dim=3, init_std=0.3, out_factors=(2, 4), contraction=method,
+                       rngs=nnx.Rngs(4))
+    x = jax.random.uniform(jax.random.key(2), (5, 9))
+    np.testing.assert_allclose(np.asarray(forced(x)), np.asarray(auto(x)), rtol=2e-5, atol=1e-6)
 
 
 def test_input_scale_from_data_clips_and_is_saved_in_the_state():
@@ -238,7 +328,11 @@ def test_long_chain_784_sites_chi_16_is_finite_with_live_gradients():
         (dict(activation="softplus"), "unknown activation"),
         (dict(input_scale=np.ones(3)), "input_scale"),
         (dict(input_scale=-1.0), "input_scale must be > 0"),
-        (dict(feature_map="nope"), "unknown feature map"),
+        (dict(feature_map="nope"), "MPSHidden: unknown feature map"),
+        (dict(feature_map="pair_product"), "needs pairing"),
+        (dict(pairing="random"), "only for pairwise"),
+        (dict(feature_map="fourier", feature_params={"order": 0}), "order"),
+        (dict(contraction="fast"), "contraction must be one of"),
     ],
 )
 def test_bad_arguments_raise_one_line_errors(kwargs, match):
