@@ -316,8 +316,18 @@ def _describe_variant(cfg: Config) -> str:
     return f"the teacher's hidden layers replaced by MPS layers, {how}"
 
 
-def _run_mps(spec, b, cfg, seed, data, xs, t_train, progress):
-    """One end-to-end run of the mps family: (student, best epoch, extra metrics)."""
+@dataclasses.dataclass
+class _Outcome:
+    """One (map, seed) run: the student, and either its best epoch or the error that stopped it."""
+
+    student: object
+    best_epoch: int | None = None
+    error: DistillError | None = None
+    layer_r2: dict = dataclasses.field(default_factory=dict)  # layer_r2_layerwise / layer_r2_final
+
+
+def _run_mps(spec, b, cfg, seed, data, xs, t_train, progress) -> _Outcome:
+    """One end-to-end run of the mps family."""
     student = spec.student(cfg, xs.image_shape, data.num_classes, b["bond_dim"], seed=seed)
     settings = _student_settings(dataclasses.replace(cfg, seed=seed))
     try:
@@ -325,22 +335,21 @@ def _run_mps(spec, b, cfg, seed, data, xs, t_train, progress):
                                 temperature=cfg.distill.temperature, alpha=cfg.distill.alpha,
                                 desc=f"{spec.label} seed {seed}", progress=progress)
     except DistillError as err:  # e.g. a NaN loss: record it, keep comparing the others
-        return student, err, {}
-    return student, hist.best_epoch, {}
+        return _Outcome(student, error=err)
+    return _Outcome(student, hist.best_epoch)
 
 
-def _run_mirror(spec, b, cfg, seed, data, teacher, t_train, layers, progress):
-    """One mps_layers run as distill.mode says: (student, best epoch or None, layer metrics)."""
+def _run_mirror(spec, b, cfg, seed, data, teacher, t_train, layers, progress) -> _Outcome:
+    """One mps_layers run as distill.mode says, with the mean per-layer R²."""
     run_cfg = spec.config(cfg, b["bond_dim"], seed=seed)
     try:
         student, curves, _, rows = _distil_mirror(run_cfg, data, teacher, t_train, progress, layers=layers)
-    except DistillError as err:  # e.g. a NaN loss: the student as built, for its size and Φ = 0 count
-        return students.build_mirror(run_cfg, teacher, layers.scales, warm_start=False), err, {}
-    kd = curves.get("student (KD)")
-    extra = {"layer_r2_final": float(np.mean([r["r2"] for r in rows])),
-             "layer_r2_layerwise": (float(np.mean([r["r2_after_layerwise"] for r in rows]))
-                                    if "r2_after_layerwise" in rows[0] else None)}
-    return student, (kd or {}).get("best_epoch"), extra
+    except DistillError as err:  # the student as built, for its size and Φ = 0 count
+        return _Outcome(students.build_mirror(run_cfg, teacher, layers.scales, warm_start=False), error=err)
+    r2 = {"layer_r2_final": float(np.mean([r["r2"] for r in rows])),
+          "layer_r2_layerwise": (float(np.mean([r["r2_after_layerwise"] for r in rows]))
+                                 if "r2_after_layerwise" in rows[0] else None)}
+    return _Outcome(student, curves.get("student (KD)", {}).get("best_epoch"), layer_r2=r2)
 
 
 def compare_maps(cfg: Config, out: str | Path | None = None, progress: bool = True) -> tuple[Path, dict]:
@@ -378,23 +387,24 @@ def compare_maps(cfg: Config, out: str | Path | None = None, progress: bool = Tr
             for seed in cfg.compare.seeds:
                 t1 = time.perf_counter()
                 if mirror:
-                    student, best, extra = _run_mirror(spec, b, cfg, seed, data, teacher, t_train, layers, progress)
+                    run = _run_mirror(spec, b, cfg, seed, data, teacher, t_train, layers, progress)
                 else:
-                    student, best, extra = _run_mps(spec, b, cfg, seed, data, xs, t_train, progress)
+                    run = _run_mps(spec, b, cfg, seed, data, xs, t_train, progress)
                 train_time = time.perf_counter() - t1
+                student = run.student
                 first = student.hidden[0] if mirror else student  # the layer that reads the pixels
                 vanishing = _vanishing_fraction(first, x_test)
-                if isinstance(best, DistillError):
-                    runs.append({"seed": seed, "failed": str(best), "params": param_count(student),
+                if run.error is not None:
+                    runs.append({"seed": seed, "failed": str(run.error), "params": param_count(student),
                                  "vanishing_fraction": vanishing,
                                  **{k: None for k in METRICS if k != "vanishing_fraction"}, "best_epoch": None})
                     continue
                 ev = train.evaluate(train.predict(student, x_test), t_test, data.y_test)
                 runs.append({"seed": seed, "accuracy": ev.accuracy, "agreement": ev.agreement, "kl": ev.kl,
                              "train_time_s": train_time, "vanishing_fraction": vanishing,
-                             "layer_r2_layerwise": extra.get("layer_r2_layerwise"),
-                             "layer_r2_final": extra.get("layer_r2_final"),
-                             "best_epoch": best, "params": param_count(student)})
+                             "layer_r2_layerwise": run.layer_r2.get("layer_r2_layerwise"),
+                             "layer_r2_final": run.layer_r2.get("layer_r2_final"),
+                             "best_epoch": run.best_epoch, "params": param_count(student)})
             ok = [r for r in runs if "failed" not in r]
             summary = {"n_ok": len(ok), "n_failed": len(runs) - len(ok)}
             for metric in METRICS:
@@ -584,8 +594,10 @@ def _plot(path: Path, maps: list[dict], teacher_acc: float, cfg: Config) -> None
                   rotation=30, ha="right", fontsize=8)
     lo = min((m - s for m, s in zip(means, stds)), default=100 * teacher_acc)
     ax.set_ylim(max(0.0, min(lo, 100 * teacher_acc) - 5), 100)
+    variant = "MPS" if cfg.student.family == "mps" else f"MPS layers, {cfg.distill.mode}"
     ax.set(ylabel="test accuracy (%)",
-           title=f"{cfg.name}: mean ± std over {len(cfg.compare.seeds)} seeds, budget {cfg.compare.budget}")
+           title=f"{cfg.name} ({variant}): mean ± std over {len(cfg.compare.seeds)} seeds, "
+                 f"budget {cfg.compare.budget}")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
