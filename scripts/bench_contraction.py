@@ -295,35 +295,70 @@ def fit_exponent(xs, ts, upper_from):
     return float(slope), [s[0] for s in sel]
 
 
+def tree_flops(sites, d, chi, outputs, batch):
+    """Multiply-adds ×2 of one tree forward pass: site matrices B·n·d·χ², pairwise products
+    B·(n-2)·χ³ (a binary tree over the n-2 bulk sites has n-3 products), the output core."""
+    return 2.0 * batch * (sites * d * chi * chi + (sites - 2) * chi**3 + chi * outputs * chi)
+
+
+def matmul_peak_gflops(n=2048, steps=5):
+    """This machine's float32 GEMM rate (n×n @ n×n, jitted): the ceiling for the tree's products."""
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / float(np.median(times)) / 1e9
+
+
 def scaling_study(args):
     res = {"batch": args.scaling_batch, "d": 2, "outputs": 10, "series": []}
     specs = [
-        # (varied, method, fixed chi / sites, values, fit from, theory)
+        # (varied, method, fixed chi / sites, values, fit from, theory, batch)
         # sites: from 1024 up, past the step where the scan's saved residuals (B·n·χ floats)
         # leave the CPU caches (512 → 1024 costs 3×, not 2×, on the 2-core box)
-        ("sites", "scan", 16, [64, 128, 256, 512, 1024, 2048, 4096], 1024, 1.0),
-        ("chi", "scan", 256, [4, 8, 16, 32, 64, 128], 32, 2.0),
-        ("chi", "tree", 64, [4, 8, 16, 32, 64, 128], 32, 3.0),
+        ("sites", "scan", 16, [64, 128, 256, 512, 1024, 2048, 4096], 1024, 1.0, args.scaling_batch),
+        ("chi", "scan", 256, [4, 8, 16, 32, 64, 128], 32, 2.0, args.scaling_batch),
+        # tree: the χ³ products only dominate, and run at a steady GEMM rate, for large χ; a
+        # short chain and a small batch keep χ up to 256 affordable (fit from 64)
+        ("chi", "tree", args.tree_sites, [8, 16, 32, 64, 128, 192, 256], 64, 3.0, args.tree_batch),
     ]
-    for varied, method, fixed, values, fit_from, theory in specs:
+    if "tree" in args.scaling_series:
+        res["matmul_peak_gflops"] = matmul_peak_gflops()
+        print(f"  float32 GEMM 2048³: {res['matmul_peak_gflops']:.1f} GFLOP/s")
+    for varied, method, fixed, values, fit_from, theory, batch in specs:
+        if method not in args.scaling_series:
+            continue
         ts = []
         for v in values:
             sites, chi = (v, fixed) if varied == "sites" else (fixed, v)
-            run = ours_forward_backward(sites, 2, chi, 10, args.scaling_batch, method)
+            run = ours_forward_backward(sites, 2, chi, 10, batch, method)
             t = time_steps(run, steps=args.steps, min_steps=3, budget_s=args.budget_s / 2)
             ts.append(t["median_s"])
-            print(f"  scaling {method} {varied}={v} (sites {sites}, chi {chi}): "
+            print(f"  scaling {method} {varied}={v} (sites {sites}, chi {chi}, batch {batch}): "
                   f"{t['median_s'] * 1e3:.2f} ms", flush=True)
         slope, used = fit_exponent(values, ts, fit_from)
         slope_half, used_half = fit_exponent(values, ts, values[len(values) // 2])
-        res["series"].append({
-            "varied": varied, "method": method,
+        entry = {
+            "varied": varied, "method": method, "batch": batch,
             "fixed": {"chi": fixed} if varied == "sites" else {"sites": fixed},
             "values": values, "median_s": ts, "fit_over": used,
             "exponent": slope, "theory": theory,
             "exponent_upper_half": slope_half, "upper_half": used_half,
             "rel_error": abs(slope - theory) / theory,
-        })
+        }
+        if method == "tree":
+            # forward + backward ≈ 3 forward passes of GEMM work
+            entry["gflops"] = [3 * tree_flops(fixed, 2, c, 10, batch) / t / 1e9 for c, t in zip(values, ts)]
+            entry["fraction_of_matmul_peak"] = [g / res["matmul_peak_gflops"] for g in entry["gflops"]]
+            print("  tree GFLOP/s (fwd+bwd ≈ 3× forward): "
+                  + ", ".join(f"χ {c}: {g:.1f}" for c, g in zip(values, entry["gflops"])))
+        res["series"].append(entry)
         print(f"  → {method} time ∝ {varied}^{slope:.2f} (theory {theory:g}, fit over {used}; "
               f"upper half {used_half}: {slope_half:.2f})")
     if args.plot:
@@ -341,11 +376,12 @@ def scaling_study(args):
             xv = np.asarray(s["fit_over"], float)
             ax.loglog(xv, s["median_s"][-1] * (xv / xv[-1]) ** s["theory"], "k:", lw=1)
         axes[0].set(xlabel="sites n (χ = 16)", ylabel="forward+backward time [s]")
-        axes[1].set(xlabel="bond dimension χ (n = 256 scan, n = 64 tree)")
+        axes[1].set(xlabel=f"bond dimension χ (scan: n = 256, batch {args.scaling_batch}; "
+                           f"tree: n = {args.tree_sites}, batch {args.tree_batch})")
         for ax in axes:
             ax.legend(fontsize=8)
             ax.grid(True, which="both", alpha=0.3)
-        fig.suptitle(f"distill MPS forward+backward, batch {args.scaling_batch}, d = 2, "
+        fig.suptitle(f"distill MPS forward+backward, d = 2, "
                      f"{jax.default_backend()}, {os.cpu_count()} cores (dotted: theory slope)")
         fig.tight_layout()
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
@@ -380,10 +416,17 @@ def main(argv=None) -> int:
                     help="where to write the JSON results (folder is created)")
     ap.add_argument("--scaling", action="store_true",
                     help="run the scaling study (time vs sites and vs χ, log-log fits) instead")
-    ap.add_argument("--scaling-batch", type=int, default=128, help="batch for --scaling")
+    ap.add_argument("--scaling-batch", type=int, default=128, help="batch for the scan series of --scaling")
+    ap.add_argument("--scaling-series", default="scan,tree",
+                    help="which --scaling series to run (comma list of scan,tree)")
+    ap.add_argument("--tree-sites", type=int, default=16, help="chain length of the tree series of --scaling")
+    ap.add_argument("--tree-batch", type=int, default=16, help="batch of the tree series of --scaling")
     ap.add_argument("--plot", default=None, help="PNG path for the --scaling plot")
     args = ap.parse_args(argv)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    args.scaling_series = {s.strip() for s in args.scaling_series.split(",") if s.strip()}
+    if not args.scaling_series <= {"scan", "tree"}:
+        ap.error(f"--scaling-series takes scan and/or tree, got {sorted(args.scaling_series)}")
 
     env = {"jax_version": jax.__version__, "backend": jax.default_backend(),
            "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
