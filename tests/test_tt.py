@@ -169,6 +169,148 @@ def test_tt_matvec_jits_in_float32_and_checks_the_width():
         tt.tt_matvec([cores[0], cores[1][:4]], x)
 
 
+# ---------------------------------------------------------------------------------------
+# tt_matvec methods ("cores", "split", "dense", auto)
+# ---------------------------------------------------------------------------------------
+
+# LAYOUTS plus ranks that differ per bond next to modes of size 1, and a rank-1 bond
+METHOD_LAYOUTS = LAYOUTS + [
+    ((1, 3, 1, 2), (2, 1, 1, 3), (1, 2, 3)),
+    ((3, 1, 5, 2, 2), (2, 4, 1, 1, 3), (2, 6, 1, 3)),
+]
+
+
+def naive_dense(cores):
+    """W by the plain left-to-right einsum (independent of tt's merge/_outer code), jnp."""
+    acc = cores[0][0]  # (o, q, r)
+    for core in cores[1:]:
+        o, q, _ = acc.shape
+        acc = jnp.einsum("oql,ljir->ojqir", acc, core)
+        acc = acc.reshape(o * core.shape[1], q * core.shape[2], -1)
+    return acc[:, :, 0]
+
+
+@pytest.mark.parametrize("in_modes, out_modes, inner", METHOD_LAYOUTS)
+def test_every_method_equals_the_dense_float64_reference(in_modes, out_modes, inner):
+    cores = random_cores(11, in_modes, out_modes, inner)
+    W = dense_via_ncon(cores)
+    rng = np.random.default_rng(12)
+    with jax.enable_x64(True):
+        jcores = [jnp.asarray(c) for c in cores]
+        W_tt = np.asarray(tt.tt_to_dense(jcores))
+        for lead in [(1,), (7,), (2, 3)]:
+            x = rng.normal(size=lead + (W.shape[1],))
+            for method in tt.TT_METHODS + (None,):
+                y = tt.tt_matvec(jcores, jnp.asarray(x), method=method)
+                assert y.dtype == jnp.float64 and y.shape == lead + (W.shape[0],)
+                np.testing.assert_allclose(y, x @ W.T, rtol=1e-12, atol=1e-12, err_msg=str(method))
+                np.testing.assert_allclose(y, x @ W_tt.T, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["broadcast", "einsum"])
+@pytest.mark.parametrize("in_modes, out_modes, inner", METHOD_LAYOUTS[2:])
+def test_every_contraction_variant_is_exact(monkeypatch, kind, in_modes, out_modes, inner):
+    """The variants the cost model can pick, each forced: both directions, every bond of
+    "split" and "dense", and every way of doing a step (a GEMM where P or S is 1 has no choice)."""
+    forced = lambda p, n, k, s: "plain" if p == 1 or s == 1 else kind  # noqa: E731
+    monkeypatch.setattr(tt, "_step_kind", forced)
+    cores = random_cores(13, in_modes, out_modes, inner)
+    W = dense_via_ncon(cores)
+    x = np.random.default_rng(14).normal(size=(5, W.shape[1]))
+    with jax.enable_x64(True):
+        jcores, jx = [jnp.asarray(c) for c in cores], jnp.asarray(x)
+        for reverse in (False, True):
+            got = tt._chain(jcores, jx, reverse)
+            np.testing.assert_allclose(got, x @ W.T, rtol=1e-12, atol=1e-12)
+            for bond in range(1, len(cores)):
+                blocks = [tt._merge(jcores[:bond]), tt._merge(jcores[bond:])]
+                got = tt._chain(blocks, jx, reverse)
+                np.testing.assert_allclose(got, x @ W.T, rtol=1e-12, atol=1e-12)
+                np.testing.assert_allclose(tt._form_dense(jcores, bond), W, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("in_modes, out_modes, inner", [METHOD_LAYOUTS[3], METHOD_LAYOUTS[-1]])
+def test_methods_agree_in_gradients_and_tangents_float64(in_modes, out_modes, inner):
+    cores = random_cores(15, in_modes, out_modes, inner)
+    n_in, n_out = math.prod(in_modes), math.prod(out_modes)
+    rng = np.random.default_rng(16)
+    with jax.enable_x64(True):
+        jcores = [jnp.asarray(c) for c in cores]
+        x = jnp.asarray(rng.normal(size=(4, n_in)))
+        g = jnp.asarray(rng.normal(size=(4, n_out)))
+
+        def loss(cs, x, method):
+            return jnp.sum(tt.tt_matvec(cs, x, method=method) * g)
+
+        def ref_loss(cs, x):
+            return jnp.sum((x @ naive_dense(cs).T) * g)
+
+        ref = jax.grad(ref_loss, argnums=(0, 1))(jcores, x)
+        tangents = [jnp.asarray(rng.normal(size=c.shape)) for c in cores]
+        _, ref_tan = jax.jvp(lambda cs: x @ naive_dense(cs).T, (jcores,), (tangents,))
+        for method in tt.TT_METHODS + (None,):
+            got = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(jcores, x, method)
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=str(method))
+            # forward mode too ("dense" has a custom JVP)
+            _, tan = jax.jvp(lambda cs: tt.tt_matvec(cs, x, method=method), (jcores,), (tangents,))
+            np.testing.assert_allclose(tan, ref_tan, rtol=1e-10, atol=1e-12, err_msg=str(method))
+
+
+def test_every_method_in_float32_under_jit():
+    cores = random_cores(17, (4, 7, 7, 4), (4, 4, 8, 4), (8, 8, 8))
+    cores = [jnp.asarray(c, jnp.float32) for c in cores]
+    x = jnp.asarray(np.random.default_rng(18).normal(size=(33, 784)), jnp.float32)
+    want = np.asarray(x, np.float64) @ dense_via_ncon([np.asarray(c, np.float64) for c in cores]).T
+    for method in tt.TT_METHODS + (None,):
+        y = jax.jit(tt.tt_matvec, static_argnames="method")(cores, x, method=method)
+        assert y.dtype == jnp.float32
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_auto_rule_follows_the_calibration():
+    mnist = ((4, 7, 7, 4), (4, 4, 8, 4))  # 784 → 512, the factorisation tt.factorize gives
+    for rank in (1, 2, 4, 8, 16, 32):
+        ranks = (1, *tt.tt_max_ranks(*mnist, rank), 1)
+        for batch in (0, 1, 7, 64, 256, 1024, 8192):
+            assert tt.choose_tt_method(*mnist, ranks, batch, backend="cpu") in tt.TT_METHODS
+    # measured (docs/bench/bench_tt.json): rank 4, batch 256: split 0.46 ms, "dense" 0.58 ms
+    # (x @ W.T alone 0.51); rank 16, batch 1024: split 25.5 ms, "dense" 1.9 ms
+    assert tt.choose_tt_method(*mnist, (1, 4, 4, 4, 1), 256, backend="cpu") == "split"
+    assert tt.choose_tt_method(*mnist, (1, 16, 16, 16, 1), 1024, backend="cpu") == "dense"
+    assert tt.choose_tt_method(*mnist, (1, 4, 4, 4, 1), 256, backend="gpu") == "dense"
+    with pytest.raises(DistillError, match=r"d\+1 ranks"):
+        tt.choose_tt_method(*mnist, (1, 4, 4, 1), 256)
+
+
+def test_unknown_method_is_refused():
+    cores = [jnp.asarray(c) for c in random_cores(19, (3, 4), (2, 5), (3,))]
+    with pytest.raises(DistillError) as err:
+        tt.tt_matvec(cores, jnp.ones((2, 12)), method="zigzag")
+    msg = str(err.value)
+    assert "\n" not in msg and "'cores'" in msg and "'dense'" in msg and "'zigzag'" in msg
+
+
+def test_auto_method_compiles_once_per_shape():
+    cores = random_cores(20, (4, 7, 7, 4), (4, 4, 8, 4), (8, 8, 8))
+    cores = [jnp.asarray(c, jnp.float32) for c in cores]
+    traces = []
+
+    def apply(cores, x):
+        traces.append(None)  # Python side effect: runs once per trace
+        return tt.tt_matvec(cores, x)
+
+    f = jax.jit(apply)
+    rng = np.random.default_rng(21)
+    W = dense_via_ncon([np.asarray(c, np.float64) for c in cores])
+    for _ in range(2):  # new data, same shapes
+        x = rng.normal(size=(16, 784))
+        y = f(cores, jnp.asarray(x, jnp.float32))
+        np.testing.assert_allclose(y, x @ W.T, rtol=1e-4, atol=1e-4 * np.abs(x @ W.T).max())
+    assert len(traces) == 1
+    assert f._cache_size() == 1
+
+
 def test_ranks_and_param_counts_by_hand():
     cores = random_cores(0, (4, 7, 7, 4), (4, 4, 8, 4), (8, 8, 8))
     assert tt.tt_ranks(cores) == (1, 8, 8, 8, 1)

@@ -9,7 +9,9 @@ r_0 = r_d = 1:
 
 `tt_svd` finds the cores by sequential truncated SVDs (Oseledets 2011; seed 004, Algorithm 6)
 of W with the index pairs (j_k, i_k) grouped per core; `tt_matvec` applies them to a batch
-of inputs without ever forming W (t3f's algorithm: contract x core by core).
+of inputs, by one of `TT_METHODS`: core by core without forming W (t3f's algorithm), the same
+on the two halves of the train merged into two blocks, or by forming W once per call and doing
+one GEMM. `choose_tt_method` picks one from the shapes with a cost model measured on CPU.
 
 Einsum letters: b batch · i/j TT in/out mode of the current core · l/r left/right rank bond
 of the current core · o the output modes already produced (flattened) · q the input modes not
@@ -24,6 +26,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
@@ -33,6 +36,8 @@ from distill.errors import DistillError
 __all__ = [
     "tt_svd",
     "tt_matvec",
+    "TT_METHODS",
+    "choose_tt_method",
     "tt_to_dense",
     "tt_ranks",
     "tt_num_params",
@@ -270,41 +275,332 @@ def tt_svd(
 # ---------------------------------------------------------------------------------------
 
 
-def tt_matvec(cores: Sequence[Array], x: Array) -> Array:
-    """y = W x for a batch without forming W: x (..., N_in) → (..., N_out).
+TT_METHODS = ("cores", "split", "dense")
 
-    x is reshaped to (B, o=1, l=1, q=N_in) and core k turns (B, o, l, i_k·q') into
-    (B, o·b_k, r_k, q'): one einsum "boliq,ljir->bojrq" per core. Cost per sample
-    Σ_k (∏_{m<k} b_m)·r_{k-1}·a_k·b_k·r_k·(∏_{m>k} a_m). Shapes are static: jit-friendly.
+# Cost model behind `choose_tt_method` on CPU (numbers in its docstring): seconds ≈ MACs /
+# _CPU_MACS_PER_S + elements touched / _CPU_ELEMS_PER_S + elements touched by contraction
+# steps whose operands exceed _CPU_CACHE_ELEMS / _CPU_SPILL_PER_S + ops · _CPU_S_PER_OP.
+_CPU_MACS_PER_S = 1.66e11
+_CPU_ELEMS_PER_S = 8.26e9
+_CPU_SPILL_PER_S = 4.0e9
+_CPU_CACHE_ELEMS = 1 << 22
+_CPU_S_PER_OP = 4.4e-6
+
+
+def _add(*costs: tuple[int, ...]) -> tuple[int, ...]:
+    """Sum of cost tuples (MACs, elements touched, elements touched out of cache, ops)."""
+    return tuple(sum(c) for c in zip(*costs))
+
+
+def _step_kind(p: int, n: int, k: int, s: int) -> str:
+    """How `_chain` multiplies a core (N, K) into a state (P, K, S) to give (P, N, S).
+
+    "plain" when P or S is 1 (one GEMM, nothing moved); otherwise "broadcast" (the core copied
+    P times, one batched GEMM: P·N·K elements written) or "einsum" (XLA transposes the state to
+    (K, P·S) and the product back: about 2·P·S·(K + N) elements), whichever moves less.
     """
+    if p == 1 or s == 1:
+        return "plain"
+    return "broadcast" if n * k <= 2 * s * (k + n) else "einsum"
+
+
+def _merge(cores: Sequence[Array]) -> Array:
+    """Consecutive cores as one block (l, ∏b, ∏a, r): the sub-train they span, contracted."""
+    acc = cores[0]
+    for core in cores[1:]:
+        l, o, q, _ = acc.shape
+        _, b_k, a_k, r_r = core.shape
+        acc = jnp.reshape(jnp.einsum("loqm,mjir->lojqir", acc, core), (l, o * b_k, q * a_k, r_r))
+    return acc
+
+
+def _merge_cost(shapes) -> tuple[int, ...]:
+    """Cost tuple (see `_add`) of `_merge` over core shapes (l, b, a, r)."""
+    l, o, q, m = shapes[0]
+    cost = (0, 0, 0, 0)
+    for _, b_k, a_k, r_r in shapes[1:]:
+        macs = l * o * q * m * b_k * a_k * r_r
+        o, q, m = o * b_k, q * a_k, r_r
+        # the einsum's output and its transpose into (l, o·b, q·a, r)
+        cost = _add(cost, (macs, 2 * l * o * q * m, 0, 2))
+    return cost
+
+
+def _chain(blocks: Sequence[Array], x2: Array, reverse: bool) -> Array:
+    """y (B, N_out) = W x for x2 (B, N_in), contracting one block (l, O, Q, r) at a time.
+
+    The state is (P, K, S): K the modes contracted next, P the free modes before them (the
+    batch first), S those after. From the first block (reverse False): P = (B, output modes so
+    far), K = (l, Q_k), S = the input modes not yet consumed, and each product (P, O·r, S)
+    reshapes for free into the next (P·O, r·Q_{k+1}, S/Q_{k+1}). From the last block: P = (B,
+    input modes not yet consumed), K = (Q_k, r), S = the output modes so far. Neither x nor y
+    is ever transposed (on XLA:CPU, transposes fused with reshapes cost more than the GEMMs);
+    see `_step_kind` for how each product is done.
+    """
+    batch = x2.shape[0]
+    n = len(blocks)
+    in_modes = [int(b.shape[2]) for b in blocks]
+    n_in = math.prod(in_modes)
+    n_out = math.prod(int(b.shape[1]) for b in blocks)
+    if reverse:
+        state = jnp.reshape(x2, (batch * n_in // in_modes[-1], in_modes[-1], 1))
+        order = range(n - 1, -1, -1)
+    else:
+        state = jnp.reshape(x2, (batch, in_modes[0], n_in // in_modes[0]))
+        order = range(n)
+    for k in order:
+        l, o, q, r = (int(v) for v in blocks[k].shape)
+        if reverse:
+            core = jnp.reshape(blocks[k], (l * o, q * r))  # (N = (l, O), K = (Q, r))
+        else:
+            core = jnp.reshape(jnp.transpose(blocks[k], (1, 3, 0, 2)), (o * r, l * q))
+        p, _, s = state.shape
+        kind = _step_kind(p, core.shape[0], core.shape[1], s)
+        if kind == "plain" and s == 1:
+            state = jnp.matmul(state[:, :, 0], jnp.transpose(core))[:, :, None]
+        elif kind == "plain":
+            state = jnp.matmul(core, state[0])[None]
+        elif kind == "broadcast":
+            state = jnp.matmul(jnp.broadcast_to(core, (p,) + core.shape), state)
+        else:
+            state = jnp.einsum("nk,pks->pns", core, state)
+        if reverse:  # (P', Q_{k-1}, l, O, S) → (P', Q_{k-1}·l, O·S)
+            q_next = in_modes[k - 1] if k > 0 else 1
+            state = jnp.reshape(state, (p // q_next, q_next * l, o * s))
+        else:  # (P, O, r, Q_{k+1}, S') → (P·O, r·Q_{k+1}, S')
+            q_next = in_modes[k + 1] if k + 1 < n else 1
+            state = jnp.reshape(state, (p * o, r * q_next, s // q_next))
+    return jnp.reshape(state, (batch, n_out))
+
+
+def _chain_cost(shapes, batch: int, reverse: bool) -> tuple[int, ...]:
+    """Cost tuple (see `_add`) of `_chain` over block shapes (l, O, Q, r)."""
+    n = len(shapes)
+    n_in = math.prod(sh[2] for sh in shapes)
+    cost = (0, 0, 0, 0)
+    if reverse:
+        p, s, order = batch * n_in // shapes[-1][2], 1, range(n - 1, -1, -1)
+    else:
+        p, s, order = batch, n_in // shapes[0][2], range(n)
+    for k in order:
+        l, o, q, r = shapes[k]
+        n_rows, n_k = (l * o, q * r) if reverse else (o * r, l * q)
+        moved, ops = p * (n_k + n_rows) * s, 1  # the GEMM's state in and out
+        kind = _step_kind(p, n_rows, n_k, s)
+        if kind == "broadcast":
+            moved, ops = moved + p * n_rows * n_k, 2
+        elif kind == "einsum":
+            moved, ops = 3 * moved, 3
+        spilled = moved if moved > _CPU_CACHE_ELEMS else 0
+        cost = _add(cost, (p * n_rows * n_k * s, moved, spilled, ops))
+        if reverse:
+            q_next = shapes[k - 1][2] if k > 0 else 1
+            p, s = p // q_next, o * s
+        else:
+            q_next = shapes[k + 1][2] if k + 1 < n else 1
+            p, s = p * o, s // q_next
+    return cost
+
+
+def _dense_cost(shapes, bond: int, batch: int) -> tuple[int, ...]:
+    """Cost tuple (see `_add`) of forming W split at `bond`, then x @ W.T (a blocked GEMM:
+    no out-of-cache penalty)."""
+    n_in = math.prod(s[2] for s in shapes)
+    n_out = math.prod(s[1] for s in shapes)
+    cost = (batch * n_in * n_out, batch * (n_in + n_out) + n_in * n_out, 0, 1)
+    if len(shapes) == 1:
+        return cost
+    # the two halves, then `_outer` writing W once
+    outer = (n_out * n_in * shapes[bond][0], n_out * n_in, 0, 1)
+    return _add(cost, _merge_cost(shapes[:bond]), _merge_cost(shapes[bond:]), outer)
+
+
+def _split_cost(shapes, bond: int, batch: int, reverse: bool) -> tuple[int, ...]:
+    """Cost tuple (see `_add`) of merging the cores into two blocks at `bond`, then `_chain`."""
+    halves = (shapes[:bond], shapes[bond:])
+    blocks = [
+        (h[0][0], math.prod(s[1] for s in h), math.prod(s[2] for s in h), h[-1][3]) for h in halves
+    ]
+    return _add(_merge_cost(halves[0]), _merge_cost(halves[1]), _chain_cost(blocks, batch, reverse))
+
+
+def _seconds(cost: tuple[int, ...]) -> float:
+    macs, moved, spilled, ops = cost
+    return (
+        macs / _CPU_MACS_PER_S
+        + moved / _CPU_ELEMS_PER_S
+        + spilled / _CPU_SPILL_PER_S
+        + ops * _CPU_S_PER_OP
+    )
+
+
+def _plans(shapes, batch: int) -> dict:
+    """Per method, the cheapest variant under the CPU cost model: (estimated seconds, detail).
+
+    detail: "cores" → reverse (bool); "split" → (bond, reverse); "dense" → bond. With one core
+    every method is the same single GEMM.
+    """
+    d = len(shapes)
+    cores = min((_seconds(_chain_cost(shapes, batch, rev)), rev) for rev in (False, True))
+    if d == 1:
+        dense = (_seconds(_dense_cost(shapes, 0, batch)), 0)
+        return {"cores": cores, "split": cores, "dense": dense}
+    split = min(
+        (_seconds(_split_cost(shapes, bond, batch, rev)), (bond, rev))
+        for bond in range(1, d)
+        for rev in (False, True)
+    )
+    dense = min((_seconds(_dense_cost(shapes, bond, batch)), bond) for bond in range(1, d))
+    return {"cores": cores, "split": split, "dense": dense}
+
+
+def _method_cost(method: str, in_modes, out_modes, ranks, batch: int) -> tuple[int, ...]:
+    """Cost tuple (see `_add`) of the variant of `method` that `tt_matvec` runs (for the
+    calibration in scripts/bench_tt.py)."""
+    shapes = _core_shapes(in_modes, out_modes, ranks)
+    _, detail = _plans(shapes, batch)[method]
+    if method == "dense":
+        return _dense_cost(shapes, detail, batch)
+    if method == "split" and len(shapes) > 1:
+        bond, reverse = detail
+        return _split_cost(shapes, bond, batch, reverse)
+    return _chain_cost(shapes, batch, detail)
+
+
+def _core_shapes(in_modes, out_modes, ranks) -> list[tuple[int, int, int, int]]:
+    return [(ranks[k], out_modes[k], in_modes[k], ranks[k + 1]) for k in range(len(in_modes))]
+
+
+def choose_tt_method(
+    in_modes: Sequence[int],
+    out_modes: Sequence[int],
+    ranks: Sequence[int],
+    batch: int,
+    backend: str | None = None,
+) -> str:
+    """The method `tt_matvec(..., method=None)` uses for these sizes; ranks = (r_0, …, r_d).
+
+    CPU: the method with the smallest estimated time, each method's cheapest variant (the
+    direction, the split bond) counted exactly — GEMM MACs, elements each op reads and writes
+    (states, broadcast cores, transposes, W), ops — and priced as
+        s ≈ MACs / 1.66e11 + elements / 8.26e9 + spilled / 4.0e9 + ops · 4.4 µs,
+    "spilled" being the elements of contraction steps that touch more than 2^22 elements
+    (past ~2^23 their time jumps 3-5×; the dense GEMM is blocked and pays no such term).
+    Fitted by `scripts/bench_tt.py --calibrate/--refit` (jax 0.10.2, XLA:CPU, 2 cores, load
+    0.6-4.3, other jobs running) on 224 forward timings of 3 runs: layers 784→512, 512→512,
+    256→256, 1024→256, 4 cores, ranks 2-32, batches 1-4096; median relative error 0.25. There
+    the rule picks the fastest method 205 times; otherwise one at most 1.28× slower (1.6× at
+    batch 1, where all take 0.02-0.06 ms). Measured in those runs (ms, 784→512):
+        rank 4,  batch 256:  split 0.55, "dense" 1.03, cores 0.95 (x @ W.T alone 0.96)
+        rank 8,  batch 64:   split 0.30, "dense" 0.40, cores 0.69 (x @ W.T 0.31)
+        rank 8,  batch 1024: split 4.8,  "dense" 3.7,  cores 40   (x @ W.T 3.5)
+        rank 16, batch 1024: split 30,   "dense" 3.5,  cores 162  (x @ W.T 3.2)
+        rank 4,  batch 4096: split 31,   "dense" 8.9,  cores 53   (x @ W.T 7.4)
+    so "split" wins at small ranks and batches, "dense" once the batch amortises forming W or
+    the states outgrow the cache, and "cores" (memory-bound: its intermediates are up to
+    r·b_k times the input) only ties at batch 1. Re-measure with the script on other hardware.
+    GPU/TPU: "dense". Not measured on this project's hardware: accelerators run one large GEMM
+    near peak, forming W is cheap next to it, and per-kernel launch cost favours few ops.
+    """
+    d = len(in_modes)
+    if len(out_modes) != d or len(ranks) != d + 1:
+        raise DistillError(
+            f"choose_tt_method: need d in modes, d out modes and d+1 ranks, got {len(in_modes)}, "
+            f"{len(out_modes)} and {len(ranks)}"
+        )
+    backend = backend or jax.default_backend()
+    if backend != "cpu":
+        return "dense"
+    plans = _plans(_core_shapes(in_modes, out_modes, ranks), int(batch))
+    return min(TT_METHODS, key=lambda m: plans[m][0])
+
+
+@jax.custom_jvp
+def _outer(left: Array, right: Array) -> Array:
+    """W4 (oL, oR, qL, qR) = Σ_r left (oL, qL, r) · right (r, oR, qR).
+
+    One broadcast-multiply-reduce that XLA fuses into a loop writing W4 in the layout x @ W.T
+    needs: on XLA:CPU about half the time of the GEMM (oL·qL, r)·(r, oR·qR) plus the
+    transpose of its (oL, qL, oR, qR) result. Its tangent (below) is written with einsums so
+    that the backward pass is GEMMs too; the transpose of this fused reduce is an elementwise
+    loop 20-70× slower.
+    """
+    return jnp.sum(left[:, None, :, None, :] * jnp.transpose(right, (1, 2, 0))[None, :, None], -1)
+
+
+@_outer.defjvp
+def _outer_jvp(primals, tangents):
+    left, right = primals
+    d_left, d_right = tangents
+    d_out = jnp.einsum("jpr,roq->jopq", d_left, right) + jnp.einsum("jpr,roq->jopq", left, d_right)
+    return _outer(left, right), d_out
+
+
+def _form_dense(cores: Sequence[Array], bond: int) -> Array:
+    """W (N_out, N_in) from the two halves of the train merged at bond `bond`."""
+    if len(cores) == 1:
+        return cores[0][0, :, :, 0]
+    left = _merge(cores[:bond])[0]  # (oL, qL, r)
+    right = _merge(cores[bond:])[..., 0]  # (r, oR, qR)
+    w = _outer(left, right)
+    return jnp.reshape(w, (left.shape[0] * right.shape[1], left.shape[1] * right.shape[2]))
+
+
+def tt_matvec(cores: Sequence[Array], x: Array, *, method: str | None = None) -> Array:
+    """y = W x for a batch: x (..., N_in) → (..., N_out). Methods (`TT_METHODS`):
+
+    "cores"  contract x with one core at a time, never forming W: per sample
+             Σ_k (∏_{m<k} b_m)·r_{k-1}·a_k·b_k·r_k·(∏_{m>k} a_m) MACs (from the first core;
+             from the last when that is cheaper). Memory-bound beyond small batches.
+    "split"  merge the cores into two blocks at the bond s the cost model prefers, then
+             contract as "cores" does: two GEMMs, r_s·(∏_{m≤s} b_m·N_in + ∏_{m>s} a_m·N_out)
+             MACs per sample from the first block, and a smaller intermediate than "cores".
+             Fastest at small ranks (to batches of ~1-2k) and mid ranks (to ~64-256).
+    "dense"  form W (N_out, N_in) once per call (the two merged halves multiplied over their
+             bond: N_out·N_in·r, independent of the batch) and do one GEMM x @ W.T. Fastest
+             for large batches unless the ranks are small.
+    None     `choose_tt_method` (cost model of the backend).
+
+    All are jnp, differentiable and jit-friendly (the choice depends only on static shapes).
+    """
+    if method is not None and method not in TT_METHODS:
+        raise DistillError(f"tt_matvec: method must be one of {TT_METHODS} or None, got {method!r}")
     _check_cores(cores)
-    n_in = math.prod(int(c.shape[2]) for c in cores)
-    n_out = math.prod(int(c.shape[1]) for c in cores)
+    in_modes = tuple(int(c.shape[2]) for c in cores)
+    out_modes = tuple(int(c.shape[1]) for c in cores)
+    n_in, n_out = math.prod(in_modes), math.prod(out_modes)
     if x.shape[-1] != n_in:
         raise DistillError(
             f"tt_matvec: x has {x.shape[-1]} features but the cores' input modes multiply to {n_in}"
         )
     lead = x.shape[:-1]
-    state = jnp.reshape(x, (-1, 1, 1, n_in))
-    for core in cores:
-        r_l, b_k, a_k, r_r = (int(s) for s in core.shape)
-        batch, o, _, q = state.shape
-        state = jnp.reshape(state, (batch, o, r_l, a_k, q // a_k))
-        state = jnp.einsum("boliq,ljir->bojrq", state, core)
-        state = jnp.reshape(state, (batch, o * b_k, r_r, q // a_k))
-    return jnp.reshape(state, lead + (n_out,))
+    x2 = jnp.reshape(x, (math.prod(lead), n_in))
+    shapes = _core_shapes(in_modes, out_modes, tt_ranks(cores))
+    if method is None:
+        method = choose_tt_method(in_modes, out_modes, tt_ranks(cores), x2.shape[0])
+    _, detail = _plans(shapes, x2.shape[0])[method]
+    if method == "dense":
+        y = jnp.matmul(x2, jnp.transpose(_form_dense(cores, detail)))
+    elif method == "split" and len(cores) > 1:
+        bond, reverse = detail
+        y = _chain([_merge(cores[:bond]), _merge(cores[bond:])], x2, reverse)
+    else:  # "cores", or "split" of a single core (one block either way)
+        y = _chain(list(cores), x2, detail)
+    return jnp.reshape(y, lead + (n_out,))
 
 
 def tt_to_dense(cores: Sequence[Array]) -> Array:
-    """The dense W (N_out, N_in) (y = W x) the cores represent. Memory N_out·N_in."""
+    """The dense W (N_out, N_in) (y = W x) the cores represent. Memory N_out·N_in.
+
+    Formed as "dense" `tt_matvec` does: the train's two halves merged, then multiplied over
+    the bond where that costs least (`_outer`).
+    """
     _check_cores(cores)
-    acc = jnp.reshape(cores[0], cores[0].shape[1:])  # (o, q, r): out so far, in so far, bond
-    for core in cores[1:]:
-        o, q, _ = acc.shape
-        b_k, a_k, r_r = (int(s) for s in core.shape[1:])
-        acc = jnp.einsum("oql,ljir->ojqir", acc, core)
-        acc = jnp.reshape(acc, (o * b_k, q * a_k, r_r))
-    return acc[:, :, 0]
+    shapes = _core_shapes(
+        [int(c.shape[2]) for c in cores], [int(c.shape[1]) for c in cores], tt_ranks(cores)
+    )
+    bond = min(range(1, len(cores)), key=lambda b: _dense_cost(shapes, b, 0)[0], default=0)
+    return _form_dense(cores, bond)
 
 
 def tt_norm(cores: Sequence[Array]) -> Array:
