@@ -117,6 +117,9 @@ class StudentConfig:
     # Factorised families (tt, lowrank) and the dense bottleneck
     rank: int = field(default=8, metadata=_at_least(1))
     tt_factors: int = field(default=4, metadata=_at_least(2))  # cores per TT layer (modes chosen automatically)
+    # How a TT layer multiplies (all give the same values): None = chosen from shape and backend;
+    # see distill.tn.tt.tt_matvec.
+    tt_method: str | None = field(default=None, metadata=_choice("cores", "split", "dense"))
     hidden_width: int = field(default=32, metadata=_at_least(1))  # dense family: in → width → out
     warm_start: bool = True  # tt: TT-SVD of the teacher's W, lowrank: truncated SVD, head: teacher's
 

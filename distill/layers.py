@@ -449,7 +449,9 @@ class TTLinear(nnx.Module):
 
     x (..., N_in) → (..., N_out), N_in = ∏ a_k (`in_modes`), N_out = ∏ b_k (`out_modes`).
     Parameters (nnx.Param): cores[k] (r_{k-1}, b_k, a_k, r_k) with r_0 = r_d = 1, in an
-    nnx.List; bias (N_out,). The forward pass is `tn.tt.tt_matvec` (core-by-core contraction).
+    nnx.List; bias (N_out,). The forward pass is `tn.tt.tt_matvec` with `method` ("cores",
+    "split", "dense"; None = `tn.tt.choose_tt_method` from the shapes and backend); all methods
+    give the same values.
 
     Modes left None are factorised automatically (`tn.tt.factorize`, `n_factors` each; if
     only one side is given, the other uses its length). `rank` caps every inner bond (or gives
@@ -477,10 +479,16 @@ class TTLinear(nnx.Module):
         n_factors: int = 4,
         rank: int | Sequence[int],
         activation: str | None = None,
+        method: str | None = None,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         in_features = _check_width("TTLinear", "in_features", in_features)
+        if method is not None and method not in tt_lib.TT_METHODS:
+            raise DistillError(
+                f"TTLinear: method must be one of {', '.join(tt_lib.TT_METHODS)} or None (automatic), "
+                f"got {method!r}"
+            )
         out_features = _check_width("TTLinear", "out_features", out_features)
         activation = _check_activation("TTLinear", activation)
         in_modes, out_modes = _resolve_modes(
@@ -494,6 +502,7 @@ class TTLinear(nnx.Module):
         self.out_modes = out_modes
         self.ranks = (1, *inner, 1)
         self.activation = activation
+        self.method = method
         self.dtype = dtype
 
         d = len(in_modes)
@@ -524,6 +533,7 @@ class TTLinear(nnx.Module):
         rank: int | None = None,
         eps: float | None = None,
         activation: str | None = None,
+        method: str | None = None,
         dtype=jnp.float32,
     ) -> "TTLinear":
         """Warm start by TT-SVD of a dense layer y = act(W x + b), W (N_out, N_in).
@@ -539,7 +549,7 @@ class TTLinear(nnx.Module):
         ranks = tt_lib.tt_ranks(cores)
         layer = cls(
             n_in, n_out, in_modes=in_modes, out_modes=out_modes, rank=ranks[1:-1],
-            activation=activation, dtype=dtype, rngs=nnx.Rngs(0),
+            activation=activation, method=method, dtype=dtype, rngs=nnx.Rngs(0),
         )
         for param, core in zip(layer.cores, cores):
             param[...] = jnp.asarray(core, dtype)
@@ -561,7 +571,7 @@ class TTLinear(nnx.Module):
             raise DistillError(
                 f"TTLinear: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}"
             )
-        y = tt_lib.tt_matvec(self.core_arrays, x.astype(self.dtype)) + self.bias[...]
+        y = tt_lib.tt_matvec(self.core_arrays, x.astype(self.dtype), method=self.method) + self.bias[...]
         return _apply_activation(self.activation, y)
 
 

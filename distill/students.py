@@ -102,9 +102,9 @@ def build_mirror(cfg: Config, teacher: MLP, input_scales: list[np.ndarray] | Non
         if s.family == "tt":
             if warm:
                 layer = TTLinear.from_dense(*_dense_w_b(getattr(teacher, f"hidden_{i}")), n_factors=s.tt_factors,
-                                            rank=s.rank)
+                                            rank=s.rank, method=s.tt_method)
             else:
-                layer = TTLinear(n_in, n_out, n_factors=s.tt_factors, rank=s.rank, rngs=rngs)
+                layer = TTLinear(n_in, n_out, n_factors=s.tt_factors, rank=s.rank, method=s.tt_method, rngs=rngs)
         elif s.family == "lowrank":
             layer = (LowRankLinear.from_dense(*_dense_w_b(getattr(teacher, f"hidden_{i}")), rank=s.rank) if warm
                      else LowRankLinear(n_in, n_out, rank=s.rank, rngs=rngs))

@@ -155,9 +155,33 @@ def test_refusals():
         TTLinear(64, 64, rank=2, activation="swish", rngs=nnx.Rngs(0))
     with pytest.raises(DistillError, match="expected input of shape"):
         TTLinear(64, 64, rank=2, rngs=nnx.Rngs(0))(jnp.ones((3, 63)))
+    with pytest.raises(DistillError, match="method must be one of cores, split, dense"):
+        TTLinear(64, 64, rank=2, method="fast", rngs=nnx.Rngs(0))
     with pytest.raises(DistillError, match="linear.kernel.T"):
         TTLinear.from_dense(np.ones(8), in_modes=(2, 4), out_modes=(1, 1))
     with pytest.raises(DistillError, match="bias must have shape"):
         LowRankLinear.from_dense(np.ones((4, 6)), np.ones(6), rank=2)
     with pytest.raises(DistillError, match="expected input of shape"):
         LowRankLinear(6, 4, rank=2, rngs=nnx.Rngs(0))(jnp.ones((6, 4)))
+
+
+@pytest.mark.parametrize("method", tt.TT_METHODS)
+def test_every_tt_method_gives_the_layer_the_same_values(method):
+    """TTLinear(method=...) and student.tt_method only change how W x is computed."""
+    from distill.config import from_dict
+    from distill.students import build_mirror
+    from distill.teachers import MLP
+
+    W, b = normal(1, (24, 40)), normal(2, (24,))
+    auto = TTLinear.from_dense(W, b, in_modes=(2, 4, 5), out_modes=(2, 3, 4), rank=3, activation="tanh")
+    forced = TTLinear.from_dense(W, b, in_modes=(2, 4, 5), out_modes=(2, 3, 4), rank=3, activation="tanh",
+                                 method=method)
+    x = normal(3, (7, 40))
+    np.testing.assert_allclose(np.asarray(forced(x)), np.asarray(auto(x)), rtol=2e-5, atol=2e-6)
+
+    teacher = MLP(40, (24,), 10, activation="relu", rngs=nnx.Rngs(0))
+    cfg = from_dict({"student": {"family": "tt", "rank": 3, "tt_factors": 2, "tt_method": method}})
+    student = build_mirror(cfg, teacher)
+    assert student.hidden[0].method == method
+    ref = build_mirror(from_dict({"student": {"family": "tt", "rank": 3, "tt_factors": 2}}), teacher)
+    np.testing.assert_allclose(np.asarray(student(x)), np.asarray(ref(x)), rtol=2e-5, atol=2e-6)
