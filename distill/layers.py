@@ -142,7 +142,7 @@ def _choose_feature_map(
             raise DistillError(
                 f"{layer}: feature map 'learned' takes feature_params {list(_LEARNED_KEYS)}, got {bad}"
             )
-        hidden = _check_int("feature_params.hidden", feature_params.get("hidden", 8), 1)
+        hidden = _check_width(layer, "feature_params.hidden", feature_params.get("hidden", 8))
         per_site = feature_params.get("per_site", False)
         if not isinstance(per_site, bool):
             raise DistillError(f"{layer}: feature_params.per_site must be true/false, got {per_site!r}")
