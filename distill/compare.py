@@ -58,6 +58,7 @@ from distill.layers import MPS, MPSHidden, _unknown_map_error, param_count
 from distill.pipeline import (
     _distil_mirror,
     _student_settings,
+    check_mirror_inputs,
     _teacher_metadata,
     default_run_dir,
     get_teacher,
@@ -227,7 +228,7 @@ def _d_chi2_match(d: int, d_ref: int, chi_ref: int, max_chi: int) -> int:
 
 def _choose_bond_dims_mirror(specs: list[MapSpec], cfg: Config, teacher_shape, max_chi: int) -> list[dict]:
     """choose_bond_dims for family mps_layers: counts of the whole mirror student (all MPS
-    layers + the dense head); the counts grow with χ, so the params budget bisects."""
+    layers + the dense head), matched by `students.match_budget`."""
     ds = [spec.probe_layer(cfg).feature_dim for spec in specs]
 
     def count(spec: MapSpec, chi: int) -> int:
@@ -240,14 +241,9 @@ def _choose_bond_dims_mirror(specs: list[MapSpec], cfg: Config, teacher_shape, m
         if i == 0:
             chi = chi_ref
         elif cfg.compare.budget == "params":
-            lo, hi = 1, max_chi  # smallest χ with count ≥ target, then the closer of it and χ - 1
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if count(spec, mid) < target:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            chi = min(sorted({max(lo - 1, 1), lo}), key=lambda c: abs(count(spec, c) - target))
+            matched, _ = students.match_budget(spec.config(cfg, chi_ref, seed=cfg.seed), teacher_shape, target,
+                                               max_size=max_chi)
+            chi = matched.student.bond_dim
         else:
             chi = _d_chi2_match(d, ds[0], chi_ref, max_chi)
         out.append({"d": d, "bond_dim": chi, "params": count(spec, chi)})
@@ -364,9 +360,8 @@ def compare_maps(cfg: Config, out: str | Path | None = None, progress: bool = Tr
         report.write_atomic(work / "config.yaml", config_yaml)
         data = load_data(cfg)
         xs = student_inputs(cfg, data)
-        if mirror and cfg.student.downsample != 1:
-            raise DistillError(f"student.downsample={cfg.student.downsample} only applies to student.family=mps; "
-                               "MPS layers read the teacher's inputs (set it to 1, or data.downsample for both)")
+        if mirror:
+            check_mirror_inputs(cfg)  # before the teacher trains
         # The teacher's widths, without training it: every map is validated before the teacher trains.
         teacher_shape = nnx.eval_shape(lambda: teachers.MLP(
             data.n_features, cfg.teacher.hidden, data.num_classes, activation=cfg.teacher.activation,

@@ -204,6 +204,14 @@ def teacher_layers(cfg: Config, data: Dataset, teacher: teachers.MLP) -> Teacher
     return TeacherLayers(io, acts, scales)
 
 
+def check_mirror_inputs(cfg: Config) -> None:
+    """A mirror student reads the teacher's inputs: student.downsample must stay 1."""
+    if cfg.student.downsample != 1:
+        raise DistillError(f"student.downsample={cfg.student.downsample} only applies to student.family=mps; "
+                           "a mirror student reads the teacher's inputs (set it to 1, or data.downsample to pool "
+                           "for both)")
+
+
 def _distil_mirror(cfg: Config, data: Dataset, teacher: teachers.MLP, t_train: np.ndarray, progress: bool,
                    layers: TeacherLayers | None = None):
     """Mirror families: warm start, layer-wise fits, KD fine-tuning as the mode says.
@@ -212,9 +220,7 @@ def _distil_mirror(cfg: Config, data: Dataset, teacher: teachers.MLP, t_train: n
     Returns (student, curves, stages, per-layer rows); stages maps a phase to the test
     accuracy after it, so the report shows what each phase added.
     """
-    if cfg.student.downsample != 1:
-        raise DistillError(f"student.downsample={cfg.student.downsample} only applies to student.family=mps; "
-                           "a mirror student reads the teacher's inputs (set it to 1)")
+    check_mirror_inputs(cfg)
     mode, target = cfg.distill.mode, cfg.distill.layer_target
     tl = teacher_layers(cfg, data, teacher) if layers is None else layers
     io, acts, scales = tl.io, tl.acts, tl.scales

@@ -163,6 +163,6 @@ def match_budget(cfg: Config, teacher: MLP, target_params: int, max_size: int = 
             lo = mid + 1
         else:
             hi = mid
-    best = min({max(lo - 1, 1), lo}, key=lambda s: abs(count(s) - target_params))
+    best = min(sorted({max(lo - 1, 1), lo}), key=lambda s: abs(count(s) - target_params))  # ties: the smaller
     out = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, **{knob: best}))
     return out, count(best)
