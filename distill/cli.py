@@ -101,22 +101,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "check-map":
-            from distill import compare
             from distill.config import parse_override
+            from distill.experiments import compare_maps as compare
 
             r = compare.check_map(args.name, dict(parse_override(t) for t in args.params),
                                   pairing=args.pairing, pair_shift=args.pair_shift)
             print(compare.format_validity(r))
             return 0 if r.ok else 1
         cfg = _load(args)
-        from distill import pipeline, report  # heavy imports (jax, flax) only once the config is valid
+        from distill import report
+        from distill.experiments import (
+            run as pipeline,  # heavy imports (jax, flax) only once the config is valid
+        )
 
         if args.command == "run":
             folder, results = pipeline.run(cfg, args.out, progress=not args.quiet)
             print(f"\n{cfg.name}: teacher vs student on the test split\n")
             print(report.console_table(results))
         elif args.command == "compare-maps":
-            from distill import compare
+            from distill.experiments import compare_maps as compare
 
             folder, results = compare.compare_maps(cfg, args.out, progress=not args.quiet)
             print(f"\n{cfg.name}: mean ± std over seeds {list(cfg.compare.seeds)} (test split)\n")

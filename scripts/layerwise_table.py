@@ -29,10 +29,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from distill import pipeline, report, students, teachers
+from distill import report, students, teachers
+from distill.experiments import run as pipeline
 from distill.config import MODES, load_config
 from distill.errors import DistillError
-from distill.layers import param_count
+from distill.nn import param_count
 
 COLUMNS = ("fraction", "family", "size", "mode", "accuracy", "agreement", "params", "compression",
            "accuracy_stages", "n_train", "wall_time_s")

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distill import compare
+from distill.experiments import compare_maps as compare
 from distill.config import from_dict
 from distill.errors import DistillError
-from distill.layers import param_count
+from distill.nn import param_count
 from distill.tn.feature_maps import register_feature_map, unregister_feature_map
 
 TINY = {

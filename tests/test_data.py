@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from distill import data
+from distill.data import datasets
 from distill.data import (
     DATASETS,
     DEFAULT_IDX_DIRS,
@@ -58,7 +58,7 @@ def _make_idx_folder(folder, *, n_train=30, n_test=10, h=4, w=6, gz=True, seed=0
 def _table_for(folder):
     """A correct checksum table: (md5 of .gz file or dummy, md5 of the raw payload)."""
     table = {}
-    for base in data._IDX_FILES:
+    for base in datasets._IDX_FILES:
         gz = folder / (base + ".gz")
         if gz.exists():
             stored = gz.read_bytes()
@@ -143,20 +143,20 @@ def test_read_idx_corrupt_gzip_and_missing(tmp_path):
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_folder_values_and_matching_md5(tmp_path, gz):
     arrays = _make_idx_folder(tmp_path, gz=gz)
-    xtr, ytr, xte, yte = data._load_idx_folder(tmp_path, checksums=_table_for(tmp_path))
+    xtr, ytr, xte, yte = datasets._load_idx_folder(tmp_path, checksums=_table_for(tmp_path))
     np.testing.assert_array_equal(xtr, arrays["train-images-idx3-ubyte"])
     np.testing.assert_array_equal(ytr, arrays["train-labels-idx1-ubyte"])
     np.testing.assert_array_equal(xte, arrays["t10k-images-idx3-ubyte"])
     np.testing.assert_array_equal(yte, arrays["t10k-labels-idx1-ubyte"])
     # No checksum table (test path) works too.
-    xtr2, *_ = data._load_idx_folder(tmp_path, checksums=None)
+    xtr2, *_ = datasets._load_idx_folder(tmp_path, checksums=None)
     np.testing.assert_array_equal(xtr2, xtr)
 
 
 def test_idx_folder_recompressed_gz_accepted_via_raw_md5(tmp_path):
     _make_idx_folder(tmp_path, gz=True)
     table = {b: ("0" * 32, raw) for b, (_, raw) in _table_for(tmp_path).items()}
-    data._load_idx_folder(tmp_path, checksums=table)  # .gz md5 differs, payload md5 matches
+    datasets._load_idx_folder(tmp_path, checksums=table)  # .gz md5 differs, payload md5 matches
 
 
 def test_idx_folder_md5_mismatch_refused(tmp_path):
@@ -165,7 +165,7 @@ def test_idx_folder_md5_mismatch_refused(tmp_path):
     base = "t10k-images-idx3-ubyte"
     table[base] = ("1" * 32, "2" * 32)
     with pytest.raises(DistillError, match="md5 mismatch") as err:
-        data._load_idx_folder(tmp_path, checksums=table, dataset="fashion_mnist")
+        datasets._load_idx_folder(tmp_path, checksums=table, dataset="fashion_mnist")
     msg = str(err.value)
     found = hashlib.md5(gzip.decompress((tmp_path / f"{base}.gz").read_bytes())).hexdigest()
     assert base in msg and "2" * 32 in msg and found in msg
@@ -176,11 +176,11 @@ def test_idx_folder_missing_file_and_label_count(tmp_path):
     _make_idx_folder(tmp_path, gz=False)
     os.remove(tmp_path / "train-labels-idx1-ubyte")
     with pytest.raises(DistillError, match="train-labels-idx1-ubyte") as err:
-        data._load_idx_folder(tmp_path, dataset="fashion_mnist")
+        datasets._load_idx_folder(tmp_path, dataset="fashion_mnist")
     assert "apt-get install dataset-fashion-mnist" in str(err.value)
     _write(tmp_path / "train-labels-idx1-ubyte", _idx_bytes(np.zeros(29, dtype=np.uint8)))
     with pytest.raises(DistillError, match="30 images but"):
-        data._load_idx_folder(tmp_path)
+        datasets._load_idx_folder(tmp_path)
 
 
 def test_load_dataset_missing_folder(tmp_path):
@@ -197,7 +197,7 @@ def test_load_dataset_idx_folder_end_to_end(tmp_path, monkeypatch):
     # The real table would (rightly) refuse generated files.
     with pytest.raises(DistillError, match="md5 mismatch"):
         load_dataset("mnist", data_dir=str(tmp_path))
-    monkeypatch.setitem(data._IDX_CHECKSUMS, "mnist", None)
+    monkeypatch.setitem(datasets._IDX_CHECKSUMS, "mnist", None)
     ds = load_dataset("mnist", data_dir=str(tmp_path), val_fraction=0.25, downsample=2)
     assert ds.image_shape == (2, 3) and ds.n_features == 6 and ds.num_classes == 10
     assert len(ds.y_train) == 30 and len(ds.y_val) == 10 and len(ds.y_test) == 10
@@ -304,7 +304,7 @@ def test_downsample_hand_computed():
     img = np.array(
         [[0, 4, 8, 12], [16, 20, 24, 28], [1, 2, 3, 4], [5, 6, 7, 8]], dtype=np.float32
     )[None]
-    out = data._to_features(img, 32.0, 2)
+    out = datasets._to_features(img, 32.0, 2)
     expected = np.array([[(0 + 4 + 16 + 20) / 4, (8 + 12 + 24 + 28) / 4,
                           (1 + 2 + 5 + 6) / 4, (3 + 4 + 7 + 8) / 4]]) / 32
     assert out.dtype == np.float32 and out.shape == (1, 4)
@@ -353,11 +353,11 @@ def test_real_fashion_mnist():
     folder = DEFAULT_IDX_DIRS["fashion_mnist"]
     if not os.path.isdir(folder):
         pytest.skip(f"{folder} absent (apt-get install dataset-fashion-mnist to run this test)")
-    data._VERIFIED.clear()  # force the md5 check to run in this test
+    datasets._VERIFIED.clear()  # force the md5 check to run in this test
     start = time.perf_counter()
     ds = load_dataset("fashion_mnist", downsample=2, val_fraction=0.1, seed=0)
     elapsed = time.perf_counter() - start
-    assert len(data._VERIFIED) == 4  # all four files passed their checksum
+    assert len(datasets._VERIFIED) == 4  # all four files passed their checksum
     assert len(ds.y_train) + len(ds.y_val) == 60000
     assert (len(ds.y_train), len(ds.y_val), len(ds.y_test)) == (54000, 6000, 10000)
     assert ds.image_shape == (14, 14) and ds.x_train.shape == (54000, 196)

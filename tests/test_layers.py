@@ -1,4 +1,4 @@
-"""distill.layers.MPS: value equals the pure contraction, honest parameter count, argument
+"""distill.nn.MPS: value equals the pure contraction, honest parameter count, argument
 validation, and training through nnx.Optimizer."""
 
 import jax
@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from distill.errors import DistillError
-from distill.layers import MPS, SiteOrder, param_count
+from distill.nn import MPS, SiteOrder, param_count
 from distill.tn import mps as mps_lib
 from distill.tn.feature_maps import poly, trig
 
@@ -160,7 +160,7 @@ def test_training_with_nnx_optimizer_reduces_loss():
 import math  # noqa: E402
 
 from distill import teachers  # noqa: E402
-from distill.layers import Partners  # noqa: E402
+from distill.nn import Partners  # noqa: E402
 from distill.tn.feature_maps import register_feature_map, unregister_feature_map  # noqa: E402
 
 

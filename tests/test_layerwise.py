@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from distill import pipeline, students, teachers, train
+from distill import students, teachers, train
+from distill.experiments import run as pipeline
 from distill.config import from_dict
 from distill.errors import DistillError
-from distill.layers import param_count
+from distill.nn import param_count
 
 
 @pytest.fixture(scope="module")

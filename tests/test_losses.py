@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distill import losses
+from distill.train import losses
 
 
 def _softmax(z):

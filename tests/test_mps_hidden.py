@@ -1,4 +1,4 @@
-"""distill.layers.MPSHidden: values against a brute-force float64 tensor, input scaling,
+"""distill.nn.MPSHidden: values against a brute-force float64 tensor, input scaling,
 honest parameter counts, fitting a teacher layer, long-chain stability, validation."""
 
 import itertools
@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from distill.errors import DistillError
-from distill.layers import InputScale, MPSHidden, param_count
+from distill.nn import InputScale, MPSHidden, param_count
 from distill.tn import feature_maps
 
 

@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
+from distill import io as distill_io
 from distill import teachers
 from distill.errors import DistillError
 from distill.teachers import (
@@ -378,7 +379,7 @@ def test_failure_after_weights_written_leaves_nothing(tmp_path, monkeypatch):
     def bad_fsync(fd):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(teachers.os, "fsync", bad_fsync)
+    monkeypatch.setattr(distill_io.os, "fsync", bad_fsync)
     with pytest.raises(KeyboardInterrupt):
         save_teacher(_make(), tmp_path / "t", {})
     assert _listdir(tmp_path) == []
@@ -394,7 +395,7 @@ def test_failed_swap_restores_old_checkpoint(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(teachers.os, "replace", flaky_replace)
+    monkeypatch.setattr(distill_io.os, "replace", flaky_replace)
     with pytest.raises(DistillError) as ei:
         save_teacher(_make(seed=3), ck, {"run": "new"})
     assert "could not write teacher checkpoint" in str(ei.value)
@@ -459,7 +460,7 @@ def test_frozen_has_no_gradient_path():
     # inside jit under grad the stop_gradient'd forward gives zero gradient wrt params
     graphdef, params = nnx.split(m)
     grads = jax.grad(
-        lambda p: jax.numpy.sum(teachers._forward(graphdef, p, x, ("logits",))["logits"])
+        lambda p: jax.numpy.sum(teachers.frozen._forward(graphdef, p, x, ("logits",))["logits"])
     )(params)
     assert all(float(np.abs(np.asarray(v)).max()) == 0.0 for v in jax.tree.leaves(grads))
 

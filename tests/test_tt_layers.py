@@ -1,4 +1,4 @@
-"""distill.layers.TTLinear and LowRankLinear: warm start reproduces an nnx.Linear, honest
+"""distill.nn.TTLinear and LowRankLinear: warm start reproduces an nnx.Linear, honest
 parameter counts, init scale of a dense He/LeCun layer, argument validation, training."""
 
 import jax
@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from distill.errors import DistillError
-from distill.layers import LowRankLinear, TTLinear, param_count
+from distill.nn import LowRankLinear, TTLinear, param_count
 from distill.tn import tt
 
 

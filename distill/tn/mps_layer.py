@@ -1,6 +1,6 @@
 """Output side of a wide MPS hidden layer: pure functions on arrays.
 
-An MPS hidden layer (`distill.layers.MPSHidden`) maps x (B, n_in) to (B, n_out) with
+An MPS hidden layer (`distill.nn.MPSHidden`) maps x (B, n_in) to (B, n_out) with
 n_out in the hundreds. The chain of n_in sites is the one of `distill.tn.mps` (contracted by
 `tn.mps.contract`, unit-normalised environment vectors L̂, R̂ with the log-norm separated);
 what is new here is how the output core O (χ, n_out, χ) is represented, since a free core

@@ -20,7 +20,7 @@ from jax import Array
 from distill.config import Config
 from distill.data import site_order
 from distill.errors import DistillError
-from distill.layers import MPS, LowRankLinear, MPSHidden, TTLinear, param_count
+from distill.nn import MPS, LowRankLinear, MPSHidden, TTLinear, param_count
 from distill.teachers import ACTIVATIONS, MLP
 
 MIRROR_FAMILIES = ("mps_layers", "tt", "lowrank", "dense")

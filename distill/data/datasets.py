@@ -34,11 +34,9 @@ from distill.errors import DistillError
 __all__ = [
     "DATASETS",
     "DEFAULT_IDX_DIRS",
-    "ORDERINGS",
     "Dataset",
     "load_dataset",
     "read_idx",
-    "site_order",
 ]
 
 DATASETS = ("digits", "fashion_mnist", "mnist")  # plus "tfds:<name>"
@@ -46,7 +44,6 @@ DEFAULT_IDX_DIRS = {
     "fashion_mnist": "/usr/share/datasets/fashion-mnist",
     "mnist": "/usr/share/datasets/mnist",
 }
-ORDERINGS = ("row_major", "snake", "column_major")
 
 _TFDS_PREFIX = "tfds:"
 _DIGITS_TEST_FRACTION = 0.2
@@ -281,55 +278,6 @@ def read_idx(path) -> np.ndarray:
     path = Path(path)
     _, raw = _read_idx_bytes(path)
     return _parse_idx(raw, path)
-
-
-def downsample(x: np.ndarray, image_shape: tuple[int, int], k: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Average-pool flattened images k×k: x (N, H*W) → ((N, H/k * W/k), (H/k, W/k)).
-
-    Used for a student that runs over fewer sites than its teacher sees pixels.
-    """
-    h, w = image_shape
-    k = _check_int(k, "downsample factor", minimum=1)
-    if h % k or w % k:
-        raise DistillError(f"cannot downsample {h}x{w} images by {k}: both sides must be divisible by it")
-    if k == 1:
-        return x, (h, w)
-    pooled = x.reshape(x.shape[0], h // k, k, w // k, k).mean(axis=(2, 4), dtype=np.float32)
-    return np.ascontiguousarray(pooled.reshape(x.shape[0], -1)), (h // k, w // k)
-
-
-def site_order(image_shape: tuple[int, int], ordering: str) -> np.ndarray:
-    """Order in which pixels become tensor-network sites.
-
-    Returns an ``(H*W,)`` int32 permutation ``p``: site ``s`` holds row-major pixel ``p[s]``,
-    so ``x[:, p]`` reorders row-major features. ``row_major``: ``arange``; ``column_major``:
-    column by column; ``snake``: boustrophedon rows (row 0 left to right, row 1 right to
-    left, ...).
-    """
-    if (
-        not isinstance(image_shape, (tuple, list))
-        or len(image_shape) != 2
-        or not all(isinstance(s, Integral) and not isinstance(s, bool) and s > 0
-                   for s in image_shape)
-    ):
-        raise DistillError(
-            f"image_shape must be two positive integers (H, W), got {image_shape!r}"
-        )
-    h, w = int(image_shape[0]), int(image_shape[1])
-    grid = np.arange(h * w, dtype=np.int32).reshape(h, w)
-    if ordering == "row_major":
-        order = grid.ravel()
-    elif ordering == "column_major":
-        order = grid.T.ravel()
-    elif ordering == "snake":
-        snake = grid.copy()
-        snake[1::2] = snake[1::2, ::-1]
-        order = snake.ravel()
-    else:
-        raise DistillError(
-            f"unknown site ordering {ordering!r}; allowed: {', '.join(ORDERINGS)}"
-        )
-    return np.ascontiguousarray(order, dtype=np.int32)
 
 
 # --------------------------------------------------------------------------------------

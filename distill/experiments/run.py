@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from flax import nnx
 
 from distill import report, students, teachers, train
 from distill.config import Config, dump_yaml
 from distill.data import Dataset, downsample, load_dataset
 from distill.errors import DistillError
-from distill.layers import MPS, param_count
+from distill.nn import MPS, param_count
 
 LATENCY_BATCHES = (1, 256)
 

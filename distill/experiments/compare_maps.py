@@ -21,7 +21,7 @@ optional keys
     pairing_seed   int    random pairing; default student.pairing_seed, else the run's seed
                           (so each seed draws its own pairing and the spread includes it)
     pair_shift     float  pairwise maps are applied to inputs shifted by this (default 1.0;
-                          0.0 is the seed's literal map, see `distill.layers.MPS`)
+                          0.0 is the seed's literal map, see `distill.nn.MPS`)
     feature_dim    int    d for maps built from a dimension (default student.feature_dim)
                           and for `learned` (with parameters hidden, per_site)
     label          str    the name in tables (default: built from name, params, pairing)
@@ -46,20 +46,19 @@ import io
 import itertools
 import time
 from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
-
 from flax import nnx
 
 from distill import report, students, teachers, train
 from distill.config import Config, dump_yaml
 from distill.errors import DistillError
-from distill.layers import MPS, MPSHidden, _unknown_map_error, param_count
-from distill.pipeline import (
+from distill.experiments.run import (
     _distil_mirror,
     _student_settings,
-    check_mirror_inputs,
     _teacher_metadata,
+    check_mirror_inputs,
     default_run_dir,
     get_teacher,
     load_data,
@@ -67,6 +66,8 @@ from distill.pipeline import (
     student_inputs,
     teacher_layers,
 )
+from distill.nn import MPS, MPSHidden, param_count
+from distill.nn.features import _unknown_map_error
 from distill.tn.feature_maps import (
     FeatureMap,
     ValidityReport,

@@ -19,8 +19,10 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from distill import losses
 from distill.errors import DistillError
+from distill.train import losses
+from distill.train.metrics import r2_score
+from distill.train.predict import predict
 
 
 @dataclass(frozen=True)
@@ -65,26 +67,6 @@ def make_optimizer(s: TrainSettings, steps_per_epoch: int) -> optax.GradientTran
     if s.grad_clip is not None:
         opt = optax.chain(optax.clip_by_global_norm(s.grad_clip), opt)
     return opt
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array) -> jax.Array:
-    return nnx.merge(graphdef, state)(x)
-
-
-def predict(model: nnx.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Model outputs for all rows of x, in fixed-size (zero-padded) batches: one compile per model."""
-    graphdef, state = nnx.split(model)
-    n = x.shape[0]
-    batch_size = min(batch_size, max(n, 1))
-    out = []
-    for start in range(0, n, batch_size):
-        xb = x[start : start + batch_size]
-        pad = batch_size - xb.shape[0]
-        if pad:
-            xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
-        out.append(np.asarray(_apply(graphdef, state, jnp.asarray(xb)))[: batch_size - pad])
-    return np.concatenate(out)
 
 
 def fit(model: nnx.Module, loss_fn: Callable[..., jax.Array], x_train: np.ndarray,
@@ -171,20 +153,6 @@ def end_to_end(student: nnx.Module, x_train, teacher_logits, y_train, x_val, y_v
                desc=desc, progress=progress)
 
 
-def r2_score(pred: np.ndarray, target: np.ndarray) -> float:
-    """Coefficient of determination over all units: 1 − Σ(ŷ−y)² / Σ(y−ȳ)², ȳ per unit (column)."""
-    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
-    ss_res = np.sum((pred - target) ** 2)
-    ss_tot = np.sum((target - target.mean(axis=0)) ** 2)
-    return float(1.0 - ss_res / max(ss_tot, np.finfo(np.float64).tiny))
-
-
-def relative_error(pred: np.ndarray, target: np.ndarray) -> float:
-    """‖ŷ − y‖_F / ‖y‖_F."""
-    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
-    return float(np.linalg.norm(pred - target) / max(np.linalg.norm(target), np.finfo(np.float64).tiny))
-
-
 def fit_layer(layer: nnx.Module, x_train, y_train, x_val, y_val, settings: TrainSettings, *,
               desc: str = "layer", progress: bool = True) -> History:
     """Layer-wise distillation of one layer: MSE between layer(x) and the teacher's activations.
@@ -200,31 +168,3 @@ def fit_layer(layer: nnx.Module, x_train, y_train, x_val, y_val, settings: Train
                desc=desc, progress=progress)
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """Test-split comparison of a student with its teacher."""
-
-    accuracy: float
-    agreement: float  # argmax match with the teacher
-    kl: float  # mean KL(teacher ‖ student) at τ = 1
-
-
-def evaluate(student_logits: np.ndarray, teacher_logits: np.ndarray, labels: np.ndarray) -> Evaluation:
-    return Evaluation(
-        accuracy=losses.accuracy(student_logits, labels),
-        agreement=losses.agreement(student_logits, teacher_logits),
-        kl=float(jnp.mean(losses.kl_per_sample(jnp.asarray(teacher_logits), jnp.asarray(student_logits)))),
-    )
-
-
-def latency_ms(model: nnx.Module, n_features: int, batch_size: int, repeats: int = 20) -> float:
-    """Median wall time (ms) of one jitted forward pass at `batch_size` (compiled first)."""
-    graphdef, state = nnx.split(model)
-    x = jnp.full((batch_size, n_features), 0.5, jnp.float32)
-    _apply(graphdef, state, x).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        _apply(graphdef, state, x).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
