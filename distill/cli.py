@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "accuracy, agreement and KL to the teacher, parameters and compression ratio.")
     _common(p_run, f"experiment YAML file (default: {QUICKSTART.relative_to(QUICKSTART.parents[1])}, "
                    "the digits quickstart)")
+    p_run.add_argument("--resume", metavar="DIR", help="continue the run whose --out was DIR after it was stopped "
+                       "(SIGTERM, Ctrl-C) or killed: the teacher is reused, finished phases are skipped, the "
+                       "results equal an uninterrupted run's")
     p_teacher = sub.add_parser(
         "teacher", help="train and save only the teacher",
         description="Train the teacher described by CONFIG and save it as <out>/teacher (orbax checkpoint "
@@ -100,43 +103,75 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if args.command == "check-map":
-            from distill.config import parse_override
-            from distill.experiments import compare_maps as compare
-
-            r = compare.check_map(args.name, dict(parse_override(t) for t in args.params),
-                                  pairing=args.pairing, pair_shift=args.pair_shift)
-            print(compare.format_validity(r))
-            return 0 if r.ok else 1
-        cfg = _load(args)
-        from distill import report
-        from distill.experiments import (
-            run as pipeline,  # heavy imports (jax, flax) only once the config is valid
-        )
-
-        if args.command == "run":
-            folder, results = pipeline.run(cfg, args.out, progress=not args.quiet)
-            print(f"\n{cfg.name}: teacher vs student on the test split\n")
-            print(report.console_table(results))
-        elif args.command == "compare-maps":
-            from distill.experiments import compare_maps as compare
-
-            folder, results = compare.compare_maps(cfg, args.out, progress=not args.quiet)
-            print(f"\n{cfg.name}: mean ± std over seeds {list(cfg.compare.seeds)} (test split)\n")
-            print(compare.console_table(results))
-        else:
-            folder, results = pipeline.train_teacher(cfg, args.out, progress=not args.quiet)
-            print(f"\nteacher test accuracy {100 * results['teacher']['accuracy']:.2f} %, "
-                  f"{results['teacher']['params']:,} parameters")
-            print(f"reuse it with: --set teacher.checkpoint={folder / 'teacher'}")
-        print(f"\nrun folder: {folder}")
-        return 0
+        return _dispatch(args)
     except DistillError as err:
         print(f"distill: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("distill: interrupted; no run folder was written", file=sys.stderr)
         return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "check-map":
+        from distill.config import parse_override
+        from distill.experiments import compare_maps as compare
+
+        r = compare.check_map(args.name, dict(parse_override(t) for t in args.params),
+                              pairing=args.pairing, pair_shift=args.pair_shift)
+        print(compare.format_validity(r))
+        return 0 if r.ok else 1
+    if args.command == "run" and args.resume is not None:
+        if args.config is not None or args.overrides or args.out is not None:
+            raise DistillError("--resume continues a run with the config it recorded; give no CONFIG, --set or --out")
+        from distill import report
+        from distill.experiments import run as pipeline
+        from distill.train.checkpoint import RunInterrupted
+
+        try:
+            cfg, folder, results = pipeline.resume(args.resume, progress=not args.quiet)
+        except RunInterrupted as err:
+            return _interrupted(err, args.resume)
+        print(f"\n{cfg.name}: teacher vs student on the test split\n")
+        print(report.console_table(results))
+        print(f"\nrun folder: {folder}")
+        return 0
+    cfg = _load(args)
+    from distill import report  # heavy imports (jax, flax) only once the config is valid
+    from distill.experiments import run as pipeline
+    from distill.train.checkpoint import RunInterrupted
+
+    if args.command == "run":
+        out = args.out if args.out is not None else str(pipeline.default_run_dir(cfg.name))
+        try:
+            folder, results = pipeline.run(cfg, out, progress=not args.quiet)
+        except RunInterrupted as err:
+            return _interrupted(err, out)
+        print(f"\n{cfg.name}: teacher vs student on the test split\n")
+        print(report.console_table(results))
+    elif args.command == "compare-maps":
+        from distill.experiments import compare_maps as compare
+
+        out = args.out if args.out is not None else str(pipeline.default_run_dir(cfg.name, "-compare-maps"))
+        try:
+            folder, results = compare.compare_maps(cfg, out, progress=not args.quiet)
+        except RunInterrupted as err:
+            return _interrupted(err, out, command="compare-maps")
+        print(f"\n{cfg.name}: mean ± std over seeds {list(cfg.compare.seeds)} (test split)\n")
+        print(compare.console_table(results))
+    else:
+        folder, results = pipeline.train_teacher(cfg, args.out, progress=not args.quiet)
+        print(f"\nteacher test accuracy {100 * results['teacher']['accuracy']:.2f} %, "
+              f"{results['teacher']['params']:,} parameters")
+        print(f"reuse it with: --set teacher.checkpoint={folder / 'teacher'}")
+    print(f"\nrun folder: {folder}")
+    return 0
+
+
+def _interrupted(err, out: str, command: str = "run") -> int:
+    print(f"distill: {err.signal_name} received: checkpoint saved; continue with `distill {command} --resume {out}`",
+          file=sys.stderr)
+    return 143 if err.signal_name == "SIGTERM" else 130
 
 
 if __name__ == "__main__":

@@ -50,8 +50,25 @@ def _umask() -> int:
     return mask
 
 
+def json_safe(obj: Any) -> Any:
+    """`obj` with every non-finite float replaced by None (JSON has no NaN), numpy scalars and
+    arrays turned into Python numbers and lists, tuples into lists."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(path: Path, obj: dict) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Strict JSON (non-finite numbers written as null) through `write_atomic`."""
+    write_atomic(path, json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager
@@ -87,8 +104,10 @@ def _rmtree_quiet(p: Path) -> None:
     shutil.rmtree(p, ignore_errors=True)
 
 
-def _write_checkpoint_dir(path: Path, params: dict, json_name: str, json_text: str, what: str) -> None:
-    """Atomically create directory ``path`` holding ``params/`` (orbax) and ``json_name``.
+def _write_checkpoint_dir(path: Path, params: dict | None, json_name: str, json_text: str, what: str,
+                          files: dict[str, bytes] | None = None) -> None:
+    """Atomically create directory ``path`` holding ``params/`` (orbax; none when `params` is
+    None), ``json_name`` and the extra `files` {name: bytes}.
 
     Written into a temporary sibling first; an existing ``path`` that holds ``json_name`` is
     swapped out only after the new directory is complete (and restored if the swap fails)."""
@@ -110,11 +129,14 @@ def _write_checkpoint_dir(path: Path, params: dict, json_name: str, json_text: s
 
     old: Path | None = None
     try:
-        ocp = _ocp()
-        with _quiet_orbax():
-            with ocp.StandardCheckpointer() as ckptr:
-                ckptr.save(tmp / PARAMS_DIR, params)
-                ckptr.wait_until_finished()  # StandardCheckpointer is async: block until committed
+        if params is not None:
+            ocp = _ocp()
+            with _quiet_orbax():
+                with ocp.StandardCheckpointer() as ckptr:
+                    ckptr.save(tmp / PARAMS_DIR, params)
+                    ckptr.wait_until_finished()  # StandardCheckpointer is async: block until committed
+        for name, blob in (files or {}).items():
+            (tmp / name).write_bytes(blob)
         with open(tmp / json_name, "w", encoding="utf-8") as f:
             f.write(json_text + "\n")
             f.flush()

@@ -5,10 +5,11 @@ Drop any of these into your own `nnx.Module` and train it with
 """
 
 from distill.nn.common import ACTIVATIONS, param_count
+from distill.nn.dense import DenseBottleneck
 from distill.nn.features import Partners, SiteOrder
 from distill.nn.lowrank import LowRankLinear
 from distill.nn.mps import MPS, InputScale, MPSHidden
 from distill.nn.tt import TTLinear
 
 __all__ = ["ACTIVATIONS", "param_count", "SiteOrder", "Partners", "MPS", "MPSHidden", "InputScale",
-           "TTLinear", "LowRankLinear"]
+           "TTLinear", "LowRankLinear", "DenseBottleneck"]

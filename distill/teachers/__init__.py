@@ -1,10 +1,11 @@
-"""Frozen teacher networks: the models, their checkpoint format and frozen forward passes."""
+"""Frozen teacher networks: the spec-driven `Network` (MLPs, CNNs, imported chains), import
+formats, the checkpoint format and frozen forward passes."""
 
-from distill.io import load_state, save_state
-from distill.nn.common import ACTIVATIONS
-from distill.teachers.frozen import frozen_activations, frozen_logits
-from distill.teachers.mlp import MLP, mlp_from_spec
-from distill.teachers.store import TEACHER_JSON, load_teacher, save_teacher
+from distill.teachers.frozen import frozen_activations, frozen_logits, is_native
+from distill.teachers.imports import FunctionTeacher, ImportedTeacher, import_teacher
+from distill.teachers.network import Network, cnn_spec, lenet5_spec, load_params, mlp_spec
+from distill.teachers.store import TEACHER_JSON, describe_checkpoint, load_teacher, save_teacher
 
-__all__ = ["ACTIVATIONS", "MLP", "mlp_from_spec", "save_teacher", "load_teacher", "save_state", "load_state",
-           "frozen_logits", "frozen_activations", "TEACHER_JSON"]
+__all__ = ["Network", "load_params", "mlp_spec", "cnn_spec", "lenet5_spec", "save_teacher", "load_teacher",
+           "describe_checkpoint", "TEACHER_JSON", "frozen_logits", "frozen_activations", "is_native",
+           "import_teacher", "ImportedTeacher", "FunctionTeacher"]

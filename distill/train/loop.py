@@ -1,13 +1,13 @@
-"""Training loops: one jitted update per step, validation each epoch, best-by-validation kept.
+"""The training loop: batches in, one jitted step each, validation each epoch, best kept, resumable.
 
-`fit` trains any NNX model against any loss of its logits: cross-entropy for a teacher,
-the KD loss for a student (`end_to_end`). Frozen teacher outputs are precomputed once and
-passed in as targets, so the teacher is never in the optimizer and never differentiated.
+`fit` trains any nnx model against any loss of its outputs: cross-entropy for a teacher, the
+KD loss for a student, MSE on a teacher's activations for one layer. Frozen teacher outputs are
+precomputed once and passed in as targets, so the teacher is never in the optimiser and never
+differentiated.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -15,156 +15,215 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
 from distill.errors import DistillError
 from distill.train import losses
+from distill.train.checkpoint import Checkpointing, RunInterrupted, stop_requested
 from distill.train.metrics import r2_score
 from distill.train.predict import predict
+from distill.train.sharding import check_batch_size, data_mesh, replicate, shard_batch
+from distill.train.state import TrainSettings, TrainState, make_optimizer
+from distill.train.step import METRICS, train_step
 
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Optimisation settings shared by teacher training and distillation."""
-
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float = 0.0
-    schedule: str = "cosine"  # constant | cosine
-    grad_clip: float | None = None  # global-norm clipping; None = off
-    seed: int = 0
+__all__ = ["History", "Validation", "fit", "train_classifier", "end_to_end", "fit_layer", "check_finite"]
 
 
 @dataclass
 class History:
-    """Per-epoch measurements; `best_epoch` is the one whose parameters were kept.
+    """Per-epoch measurements (means over the epoch's steps) and which epoch was kept.
 
-    `val_accuracy` holds the validation score that chose the best epoch: accuracy for
-    classifiers, R² for a layer fitted to teacher activations (`layerwise`).
+    `val_accuracy` holds the validation score that chose the kept epoch (`score_name`):
+    accuracy for classifiers, R² for a layer fitted to teacher activations. `best_epoch` counts
+    from 1. `selection` says how the kept epoch was chosen: the best validation score, or the
+    last epoch when there is no validation set.
     """
 
     train_loss: list[float] = field(default_factory=list)
-    val_accuracy: list[float] = field(default_factory=list)
+    val_accuracy: list[float | None] = field(default_factory=list)
     grad_norm: list[float] = field(default_factory=list)
+    param_norm: list[float] = field(default_factory=list)
+    update_norm: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
     epoch_s: list[float] = field(default_factory=list)
-    best_epoch: int = -1
-    best_val_accuracy: float = float("nan")
+    best_epoch: int = 0
+    best_val_accuracy: float | None = None
+    score_name: str = "accuracy"
+    selection: str = "best validation epoch"
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
-
-def make_optimizer(s: TrainSettings, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Adam(W) with a constant or cosine-decayed learning rate, optional global-norm clipping."""
-    if s.schedule == "cosine":
-        lr = optax.cosine_decay_schedule(s.lr, decay_steps=max(1, s.epochs * steps_per_epoch), alpha=0.01)
-    else:
-        lr = s.lr
-    opt = optax.adamw(lr, weight_decay=s.weight_decay) if s.weight_decay > 0 else optax.adam(lr)
-    if s.grad_clip is not None:
-        opt = optax.chain(optax.clip_by_global_norm(s.grad_clip), opt)
-    return opt
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(**d)
 
 
-def fit(model: nnx.Module, loss_fn: Callable[..., jax.Array], x_train: np.ndarray,
-        targets: tuple[np.ndarray, ...], x_val: np.ndarray, y_val: np.ndarray,
-        settings: TrainSettings, *, score: Callable[[np.ndarray, np.ndarray], float] = losses.accuracy,
-        score_name: str = "val_acc", desc: str = "train", progress: bool = True) -> History:
-    """Train `model` in place on `loss_fn(outputs, *targets_batch)`; keep the best-by-validation params.
+@dataclass(frozen=True)
+class Validation:
+    """What picks the kept epoch: score(model outputs on x (N, n_in), y) — higher is better."""
 
-    x_train (N, n_in); each target (N, ...); x_val (N_val, n_in); y_val (N_val, ...) what
-    `score(model outputs on x_val, y_val)` compares against (higher is better; default:
-    accuracy against integer labels).
-    Batches are drawn without replacement each epoch (seeded); the last partial batch is
-    dropped so every step has the same shape and the step compiles once.
+    x: np.ndarray
+    y: np.ndarray
+    score: Callable[[np.ndarray, np.ndarray], float] = losses.accuracy
+    name: str = "accuracy"
+
+
+def check_finite(what: str, arrays: dict[str, np.ndarray]) -> None:
+    """Raises: DistillError naming the first non-finite value (array, row, column) of `arrays`."""
+    for name, arr in arrays.items():
+        a = np.asarray(arr)
+        if a.dtype.kind != "f":
+            continue
+        bad = ~np.isfinite(a)
+        if bad.any():
+            idx = np.argwhere(bad)[0]
+            col = f", column {idx[1]}" if len(idx) > 1 else ""
+            raise DistillError(f"{what}: {name} holds a non-finite value ({a[tuple(idx)]}) at row {idx[0]}{col}; "
+                               "clean the data (every input and target must be a finite number)")
+
+
+def fit(model: nnx.Module, loss: Callable[[jax.Array, dict], jax.Array], x: np.ndarray,
+        targets: dict[str, np.ndarray], settings: TrainSettings, *, val: Validation | None = None,
+        ckpt: Checkpointing | None = None, devices: int | None = None, desc: str = "train",
+        progress: bool = True) -> History:
+    """Train `model` in place on `loss(model(x_batch), batch)`; keep the best-by-validation params.
+
+    x (N, n_in); targets {name: (N, ...)} become batch[name] next to batch["x"]; `loss` is a
+    hashable callable (e.g. `losses.KD`). Batches are drawn without replacement each epoch in
+    an order fixed by (settings.seed, epoch); the last partial batch is dropped so every step
+    has the same shape and the step compiles once. Without `val` (or an empty one) the last
+    epoch is kept. With `ckpt`, the TrainState is saved every ckpt.every epochs and the phase
+    continues from the newest checkpoint (or returns at once if it had finished).
+    The batch is split over `devices` devices (None: all).
+
+    Raises: DistillError for non-finite data or a non-finite training loss; RunInterrupted
+    after saving a checkpoint when a stop was requested (`checkpoint.request_stop`).
     """
-    n = x_train.shape[0]
+    check_finite(desc, {"the inputs": x, **{f"the targets {k!r}": v for k, v in targets.items()}})
+    n = x.shape[0]
+    mesh = data_mesh(devices)
+    n_dev = mesh.devices.size
     batch = min(settings.batch_size, n)
+    batch -= batch % n_dev
+    if batch < 1:
+        raise DistillError(f"{desc}: {n} training examples cannot fill one batch on {n_dev} devices; "
+                           "use more data or fewer devices (runtime.devices)")
+    check_batch_size(batch, mesh, "the batch size")
     steps = n // batch
-    tx = make_optimizer(settings, steps)
+    tx, schedule = make_optimizer(settings, steps)
+    has_val = val is not None and len(val.y) > 0
+    hist = History(score_name=val.name if val is not None else "accuracy",
+                   selection="best validation epoch" if has_val else "last epoch (no validation set)")
+
+    model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    opt_state = tx.init(params)
-    x_dev = jnp.asarray(x_train)
-    t_dev = tuple(jnp.asarray(t) for t in targets)
+    state = replicate(TrainState.create(params, rest, tx, settings.seed), mesh)
+    sums = {k: jnp.zeros((), jnp.float32) for k in METRICS}
+    start_epoch, start_batch = 0, 0
+    if ckpt is not None:
+        got = ckpt.latest({"train": state, "sums": sums})
+        if got is not None:
+            saved, loop = got
+            state, sums = saved["train"], saved["sums"]
+            hist = History.from_dict(loop["history"])
+            if loop["done"]:
+                return _finish(model, state, hist)
+            start_epoch, start_batch = loop["epoch"], loop["batch"]
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, rest, idx):
-        def loss_of(p):
-            out = nnx.merge(graphdef, p, rest)(x_dev[idx])
-            return loss_fn(out, *(t[idx] for t in t_dev))
+    bar = tqdm(total=settings.epochs * steps, initial=start_epoch * steps + start_batch, desc=desc, unit="step",
+               disable=not progress, dynamic_ncols=True, leave=False)
+    try:
+        for epoch in range(start_epoch, settings.epochs):
+            t0 = time.perf_counter()
+            order = np.random.default_rng([settings.seed, epoch]).permutation(n)[: steps * batch]
+            order = order.reshape(steps, batch)
+            first = start_batch if epoch == start_epoch else 0
+            if first == 0:
+                sums = {k: jnp.zeros((), jnp.float32) for k in METRICS}
+            for i in range(first, steps):
+                idx = order[i]
+                data = shard_batch({"x": x[idx], **{k: v[idx] for k, v in targets.items()}}, mesh)
+                state, metrics = train_step(state, data, graphdef=graphdef, loss=loss, tx=tx, schedule=schedule)
+                sums = {k: sums[k] + metrics[k] for k in METRICS}
+                bar.update(1)
+                reason = stop_requested()
+                if reason is not None and ckpt is not None:
+                    done_i = i + 1
+                    ckpt.save(int(state.step), {"train": state, "sums": sums},
+                              {"epoch": epoch, "batch": done_i, "done": False, "history": hist.as_dict()})
+                    raise RunInterrupted(reason)
+            means = {k: float(v) / steps for k, v in sums.items()}
+            if not np.isfinite(means["loss"]):
+                raise DistillError(f"{desc}: the training loss became {means['loss']} in epoch {epoch + 1} although "
+                                   "the data are finite; lower the learning rate (e.g. halve it) or lower the "
+                                   "gradient clipping norm")
+            score = None
+            if has_val:
+                _load(model, state.params, state.rest)
+                model.eval()
+                score = float(val.score(predict(model, val.x), val.y))
+                model.train()
+            state = state._replace(epoch=state.epoch + 1)
+            if score is None or score > float(state.best_score) or int(state.best_epoch) == 0:
+                state = state._replace(best_params=jax.tree.map(jnp.copy, state.params),
+                                       best_rest=jax.tree.map(jnp.copy, state.rest),
+                                       best_score=jnp.asarray(score if score is not None else 0.0, jnp.float32),
+                                       best_epoch=jnp.copy(state.epoch))
+                hist.best_epoch, hist.best_val_accuracy = epoch + 1, score
+            hist.train_loss.append(means["loss"])
+            hist.grad_norm.append(means["grad_norm"])
+            hist.param_norm.append(means["param_norm"])
+            hist.update_norm.append(means["update_norm"])
+            hist.lr.append(means["lr"])
+            hist.val_accuracy.append(score)
+            hist.epoch_s.append(time.perf_counter() - t0)
+            bar.set_postfix({"epoch": epoch + 1, "loss": f"{means['loss']:.4f}",
+                             **({val.name: f"{score:.4f}"} if score is not None else {})})
+            last = epoch + 1 == settings.epochs
+            if ckpt is not None and (last or (epoch + 1) % ckpt.every == 0):
+                ckpt.save(int(state.step), {"train": state, "sums": sums},
+                          {"epoch": epoch + 1, "batch": 0, "done": last, "history": hist.as_dict()})
+    finally:
+        bar.close()
+    return _finish(model, state, hist)
 
-        loss, grads = jax.value_and_grad(loss_of)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
 
-    rng = np.random.default_rng(settings.seed)
-    hist = History()
-    best_params = None
-    bar = tqdm(total=settings.epochs * steps, desc=desc, unit="step", disable=not progress,
-               dynamic_ncols=True, leave=False)
-    for epoch in range(settings.epochs):
-        t0 = time.perf_counter()
-        order = rng.permutation(n)[: steps * batch].reshape(steps, batch).astype(np.int32)
-        loss_sum = jnp.zeros(())
-        gnorm_sum = jnp.zeros(())
-        for i in range(steps):
-            params, opt_state, loss, gnorm = step(params, opt_state, rest, order[i])
-            loss_sum += loss
-            gnorm_sum += gnorm
-            bar.update(1)
-        train_loss = float(loss_sum) / steps
-        if not np.isfinite(train_loss):
-            bar.close()
-            raise DistillError(f"{desc}: the training loss became {train_loss} in epoch {epoch + 1}; "
-                               "lower the learning rate or set grad_clip")
-        nnx.update(model, params)
-        val_acc = score(predict(model, x_val), y_val) if len(y_val) else float("nan")
-        hist.train_loss.append(train_loss)
-        hist.grad_norm.append(float(gnorm_sum) / steps)
-        hist.val_accuracy.append(val_acc)
-        hist.epoch_s.append(time.perf_counter() - t0)
-        if best_params is None or val_acc > hist.best_val_accuracy:
-            hist.best_epoch, hist.best_val_accuracy = epoch, val_acc
-            best_params = jax.tree.map(np.array, params)
-        bar.set_postfix({"epoch": epoch + 1, "loss": f"{train_loss:.4f}", score_name: f"{val_acc:.4f}"})
-    bar.close()
-    nnx.update(model, jax.tree.map(jnp.asarray, best_params))
+def _load(model: nnx.Module, params, rest) -> None:
+    """Copy state arrays into the model (copies: the state's own buffers are donated next step)."""
+    nnx.update(model, jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, rest))
+
+
+def _finish(model: nnx.Module, state: TrainState, hist: History) -> History:
+    _load(model, state.best_params, state.best_rest)
+    model.eval()
     return hist
 
 
-def train_classifier(model: nnx.Module, x_train, y_train, x_val, y_val, settings: TrainSettings, *,
-                     desc: str = "teacher", progress: bool = True) -> History:
+def train_classifier(model: nnx.Module, x_train, y_train, val: Validation | None, settings: TrainSettings, *,
+                     ckpt: Checkpointing | None = None, devices: int | None = None, desc: str = "teacher",
+                     progress: bool = True) -> History:
     """Plain supervised training on labels (cross-entropy): teachers and the labels-only control."""
-    return fit(model, losses.cross_entropy, x_train, (y_train,), x_val, y_val, settings,
+    return fit(model, losses.CrossEntropy(), x_train, {"y": y_train}, settings, val=val, ckpt=ckpt, devices=devices,
                desc=desc, progress=progress)
 
 
-def end_to_end(student: nnx.Module, x_train, teacher_logits, y_train, x_val, y_val, settings: TrainSettings, *,
-               temperature: float, alpha: float, desc: str = "student", progress: bool = True) -> History:
+def end_to_end(student: nnx.Module, x_train, teacher_logits, y_train, val: Validation | None,
+               settings: TrainSettings, *, temperature: float, alpha: float, ckpt: Checkpointing | None = None,
+               devices: int | None = None, desc: str = "student", progress: bool = True) -> History:
     """Distil on the frozen teacher's logits (precomputed, (N, classes)) with the KD loss."""
-
-    def loss_fn(z, t, y):
-        return losses.kd_loss(z, t, y, temperature=temperature, alpha=alpha)
-
-    return fit(student, loss_fn, x_train, (teacher_logits, y_train), x_val, y_val, settings,
-               desc=desc, progress=progress)
+    return fit(student, losses.KD(temperature, alpha), x_train, {"t": teacher_logits, "y": y_train}, settings,
+               val=val, ckpt=ckpt, devices=devices, desc=desc, progress=progress)
 
 
 def fit_layer(layer: nnx.Module, x_train, y_train, x_val, y_val, settings: TrainSettings, *,
-              desc: str = "layer", progress: bool = True) -> History:
+              ckpt: Checkpointing | None = None, devices: int | None = None, desc: str = "layer",
+              progress: bool = True) -> History:
     """Layer-wise distillation of one layer: MSE between layer(x) and the teacher's activations.
 
     x (N, n_in) are the teacher's inputs to that layer, y (N, n_out) its outputs; the epoch
     with the best validation R² is kept.
     """
-
-    def mse(out, y):
-        return jnp.mean((out - y) ** 2)
-
-    return fit(layer, mse, x_train, (y_train,), x_val, y_val, settings, score=r2_score, score_name="val_r2",
-               desc=desc, progress=progress)
-
-
+    return fit(layer, losses.MSE(), x_train, {"t": y_train}, settings,
+               val=Validation(x_val, y_val, r2_score, "r2"), ckpt=ckpt, devices=devices, desc=desc, progress=progress)

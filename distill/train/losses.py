@@ -6,6 +6,8 @@ name says per-sample.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -43,3 +45,34 @@ def accuracy(logits, labels) -> float:
 def agreement(student_logits, teacher_logits) -> float:
     """Fraction of samples where student and teacher predict the same class."""
     return float(jnp.mean(jnp.argmax(student_logits, axis=-1) == jnp.argmax(teacher_logits, axis=-1)))
+
+
+# Loss records for the jitted step: hashable (static arguments of `train_step`) and called as
+# loss(outputs, batch) with the batch's named arrays.
+
+
+@dataclass(frozen=True)
+class CrossEntropy:
+    """CE(y, softmax(z)) on batch["y"] (B,) int labels."""
+
+    def __call__(self, z: jax.Array, batch: dict) -> jax.Array:
+        return cross_entropy(z, batch["y"])
+
+
+@dataclass(frozen=True)
+class KD:
+    """The KD loss (Hinton et al. 2015) on batch["t"] (B, o) teacher logits and batch["y"] labels."""
+
+    temperature: float
+    alpha: float
+
+    def __call__(self, z: jax.Array, batch: dict) -> jax.Array:
+        return kd_loss(z, batch["t"], batch["y"], temperature=self.temperature, alpha=self.alpha)
+
+
+@dataclass(frozen=True)
+class MSE:
+    """Mean squared error against batch["t"] (B, ...): layer-wise fits to teacher activations."""
+
+    def __call__(self, out: jax.Array, batch: dict) -> jax.Array:
+        return jnp.mean((out - batch["t"]) ** 2)

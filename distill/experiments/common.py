@@ -1,0 +1,257 @@
+"""The pieces every experiment shares: data, the teacher, the student's inputs, building and
+training the student through its phases, and measuring it against the teacher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from flax import nnx
+
+from distill import phases as phases_lib
+from distill import students, teachers, train
+from distill.config import TEACHER_TRAINING_KEYS, Config, TeacherConfig
+from distill.data import Dataset, downsample, load_dataset, site_order
+from distill.errors import DistillError
+from distill.nn import param_count
+from distill.students.mirror import build_mirror, layer_params, teacher_layers
+from distill.teachers.network import Network, cnn_spec, lenet5_spec, mlp_spec
+from distill.train.checkpoint import Checkpointing
+
+LATENCY_BATCHES = (1, 256)
+
+
+def load_data(cfg: Config) -> Dataset:
+    d = cfg.data
+    return load_dataset(d.name, data_dir=d.data_dir, downsample=d.downsample, val_fraction=d.val_fraction,
+                        train_fraction=d.train_fraction, seed=cfg.seed)
+
+
+def teacher_spec(t: TeacherConfig, image_shape: tuple[int, int], n_classes: int) -> dict:
+    """The network spec of a teacher trained here, from the config's teacher section."""
+    if t.arch == "mlp":
+        if not t.hidden:
+            raise DistillError("config: teacher.hidden is empty; an MLP teacher needs at least one hidden layer")
+        return mlp_spec(image_shape[0] * image_shape[1], list(t.hidden), n_classes, t.activation, image_shape)
+    if t.arch == "lenet5":
+        return lenet5_spec(n_classes, activation=t.activation, image_shape=image_shape)
+    return cnn_spec(image_shape, n_classes, blocks=list(t.conv_channels), dense=list(t.hidden), activation=t.activation,
+                    kernel=t.kernel_size, batchnorm=t.batchnorm, pool=t.pool, dropout=t.dropout)
+
+
+def teacher_settings(cfg: Config) -> train.TrainSettings:
+    t = cfg.teacher
+    return train.TrainSettings(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
+                               schedule=t.schedule, seed=cfg.seed)
+
+
+def teacher_metadata(cfg: Config, data: Dataset, accuracy: float, source: str) -> dict:
+    """What a saved teacher records: the data it fits, its test accuracy, where it came from."""
+    return {"dataset": data.name, "downsample": cfg.data.downsample, "image_shape": list(data.image_shape),
+            "test_accuracy": accuracy, "source": source}
+
+
+@dataclass
+class Teacher:
+    """The run's teacher: the model, its training history (None when loaded), a one-line
+    description of where it came from, and its checkpoint metadata."""
+
+    model: object
+    history: dict | None
+    source: str
+    metadata: dict
+
+
+def train_new_teacher(cfg: Config, data: Dataset, *, ckpt: Checkpointing | None, devices: int | None,
+                      progress: bool) -> Teacher:
+    model = Network(teacher_spec(cfg.teacher, data.image_shape, data.num_classes), rngs=nnx.Rngs(cfg.seed))
+    val = train.Validation(data.x_val, data.y_val)
+    hist = train.train_classifier(model, data.x_train, data.y_train, val, teacher_settings(cfg), ckpt=ckpt,
+                                  devices=devices, desc="teacher", progress=progress)
+    acc = train.losses.accuracy(teachers.frozen_logits(model, data.x_test), data.y_test)
+    source = f"trained here ({cfg.teacher.arch}, {cfg.teacher.epochs} epochs)"
+    return Teacher(model, hist.as_dict(), source, teacher_metadata(cfg, data, acc, source))
+
+
+def load_checkpoint_teacher(cfg: Config, data: Dataset) -> Teacher:
+    """The teacher of `teacher.checkpoint`, checked against the data (input shape, dataset)."""
+    path = cfg.teacher.checkpoint
+    model, meta = teachers.load_teacher(path)
+    check_teacher_fits(model, meta, data, where=f"teacher checkpoint {path}")
+    return Teacher(model, None, f"loaded from {path}", meta)
+
+
+def check_teacher_fits(model, meta: dict, data: Dataset, where: str) -> None:
+    """Raises: DistillError if the teacher's input shape or recorded dataset does not fit `data`."""
+    h, w, c = model.input_shape
+    if (h, w) != tuple(data.image_shape) or c != 1:
+        raise DistillError(f"{where} reads {h}x{w}x{c} images but the data are {data.image_shape[0]}x"
+                           f"{data.image_shape[1]}x1 ({data.name}, data.downsample applied); set data.name / "
+                           "data.downsample to what the teacher was trained on")
+    recorded = meta.get("dataset")
+    if recorded is not None and recorded != data.name:
+        raise DistillError(f"{where} was trained on {recorded!r} but data.name is {data.name!r}; set "
+                           f"data.name={recorded} or use a teacher of {data.name}")
+    n = getattr(model, "n_classes", data.num_classes)
+    if n != data.num_classes:
+        raise DistillError(f"{where} has {n} outputs but {data.name} has {data.num_classes} classes")
+
+
+def unused_teacher_keys(cfg: Config) -> list[str]:
+    """Teacher keys the config sets away from their defaults although a checkpoint is loaded."""
+    default = TeacherConfig()
+    return [k for k in TEACHER_TRAINING_KEYS if getattr(cfg.teacher, k) != getattr(default, k)]
+
+
+@dataclass(frozen=True)
+class StudentInputs:
+    """The student's view of the data, x[split] (N, n_in): for a pixel family the pixels pooled
+    by student.downsample (image_shape is then the pooled shape), for a mirror family the
+    teacher's own inputs."""
+
+    x: dict[str, np.ndarray]
+    image_shape: tuple[int, int]
+
+    @property
+    def n_sites(self) -> int:
+        return self.image_shape[0] * self.image_shape[1]
+
+
+def student_inputs(cfg: Config, data: Dataset) -> StudentInputs:
+    k = cfg.student.downsample
+    if students.is_mirror(cfg.student.family):
+        if k != 1:
+            raise DistillError(f"student.downsample={k} only applies to pixel families (student.family=mps); a "
+                               "mirror student reads the teacher's inputs (set it to 1, or data.downsample to pool "
+                               "for both)")
+        return StudentInputs({s: getattr(data, f"x_{s}") for s in ("train", "val", "test")}, data.image_shape)
+    shape = data.image_shape
+    out = {}
+    for s in ("train", "val", "test"):
+        out[s], shape = downsample(getattr(data, f"x_{s}"), data.image_shape, k)
+    return StudentInputs(out, shape)
+
+
+def uses_teacher(cfg: Config) -> bool:
+    return any(phases_lib.phase(p).USES_TEACHER for p in cfg.distill.phases)
+
+
+def build_student(cfg: Config, xs: StudentInputs, n_classes: int, teacher=None, layers=None) -> nnx.Module:
+    """The student the config describes; a mirror student is warm-started from `teacher` when a
+    phase learns from the teacher, and its MPS layers read `layers.ranges`."""
+    s = cfg.student
+    family = students.family(s.family)
+    if students.is_mirror(s.family):
+        ranges = None if layers is None else layers.ranges
+        return build_mirror(s.family, s.options, teacher, ranges, seed=cfg.seed, warm_start=uses_teacher(cfg))
+    return family.build(s.options, n_sites=xs.n_sites, image_shape=xs.image_shape, n_classes=n_classes,
+                        site_order=site_order(xs.image_shape, cfg.data.ordering), seed=cfg.seed)
+
+
+def describe_student(cfg: Config, xs: StudentInputs, teacher) -> str:
+    s = cfg.student
+    what = students.family(s.family).describe(s.options)
+    if students.is_mirror(s.family):
+        widths = "-".join(str(layer["out_features"]) for layer in teacher.spec["layers"]
+                          if layer["type"] == "dense" and layer["name"] != "logits")
+        return f"the teacher with its hidden dense layers ({widths}) replaced by {what}"
+    h, w = xs.image_shape
+    return f"{what} over {xs.n_sites} sites ({h}×{w} pixels, {cfg.data.ordering} order)"
+
+
+def check_phases(cfg: Config) -> None:
+    """Raises: DistillError for a phase the student's family cannot run."""
+    for name in cfg.distill.phases:
+        if phases_lib.phase(name).NEEDS_MIRROR and not students.is_mirror(cfg.student.family):
+            mirrors = [n for n in students.families() if students.is_mirror(n)]
+            raise DistillError(f"distill.mode: phase {name!r} needs a student with hidden layers; set student.family "
+                               f"to one of {', '.join(mirrors)} (student.family={cfg.student.family} has none)")
+
+
+@dataclass
+class Distilled:
+    """A trained student and what its phases reported: curves (training histories), stages
+    (test accuracy after each phase), per-layer rows (mirror students), layer histories."""
+
+    student: nnx.Module
+    curves: dict
+    stages: dict
+    layers: list[dict] | None
+
+
+def distil(cfg: Config, data: Dataset, xs: StudentInputs, teacher, t_logits: dict | None, *,
+           ckpt: Callable[[str], Checkpointing | None], devices: int | None, progress: bool,
+           label: str = "student") -> Distilled:
+    """Build the student and run the config's phases in order (see `distill.phases`)."""
+    check_phases(cfg)
+    mirror = students.is_mirror(cfg.student.family)
+    cache: dict = {}
+
+    def tl():
+        if "tl" not in cache:
+            cache["tl"] = teacher_layers(teacher, xs.x, cfg.distill.layer_target)
+        return cache["tl"]
+
+    needs_ranges = mirror and getattr(students.family(cfg.student.family), "NEEDS_INPUT_SCALE", False)
+    student = build_student(cfg, xs, data.num_classes, teacher, tl() if needs_ranges else None)
+    ys = {s: getattr(data, f"y_{s}") for s in ("train", "val", "test")}
+    stages: dict[str, float] = {}
+    curves: dict[str, dict] = {}
+    layer_hists: dict[str, dict] = {}
+    after_layerwise = None
+    teacher_phases = uses_teacher(cfg)
+    if teacher_phases and mirror:
+        stages["warm start" if getattr(cfg.student.options, "warm_start", True) else "initialisation"] = \
+            train.losses.accuracy(train.predict(student, xs.x["test"]), ys["test"])
+    for i, name in enumerate(cfg.distill.phases):
+        ctx = phases_lib.PhaseContext(cfg.distill, cfg.seed, xs.x, ys, t_logits, tl,
+                                      lambda sub, i=i, name=name: ckpt(f"{i}-{name}/{sub}"), devices, progress,
+                                      label, first=i == 0)
+        result = phases_lib.phase(name).run(ctx, student)
+        curves.update(result.curves)
+        if result.layers:
+            layer_hists.update(result.layers)
+            after_layerwise = layer_fidelity(student, tl(), cfg.distill.layer_target)
+        stages[result.stage] = train.losses.accuracy(train.predict(student, xs.x["test"]), ys["test"])
+    rows = None
+    if mirror:
+        rows = layer_params(student, teacher)
+        for i, (row, fid) in enumerate(zip(rows, layer_fidelity(student, tl(), cfg.distill.layer_target))):
+            target = fid.pop("target")
+            row.update(target=target, **fid, history=layer_hists.get(target))
+            if after_layerwise is not None:  # before fine-tuning moved the layers away from the teacher's
+                row.update({f"{k}_after_layerwise": v for k, v in after_layerwise[i].items() if k != "target"})
+    return Distilled(student, curves, stages, rows)
+
+
+def layer_fidelity(student, tl, target: str) -> list[dict]:
+    """Per replaced layer, on held-out (test) teacher activations, each layer fed the teacher's own input."""
+    out = []
+    for fit in student.layer_fits(target, tl):
+        pred, want = train.predict(fit.module, fit.inputs("test")), fit.target("test")
+        out.append({"target": fit.target_name, "relative_error": train.relative_error(pred, want),
+                    "r2": train.r2_score(pred, want)})
+    return out
+
+
+def latencies(model: nnx.Module, n_features: int) -> dict[str, float]:
+    return {str(b): train.latency_ms(model, n_features, b) for b in LATENCY_BATCHES}
+
+
+def dataset_summary(data: Dataset) -> dict:
+    return {"name": data.name, "image_shape": list(data.image_shape), "n_train": int(len(data.y_train)),
+            "n_val": int(len(data.y_val)), "n_test": int(len(data.y_test)), "num_classes": data.num_classes}
+
+
+def student_checkpointing(root: Path | None, cfg: Config) -> Callable[[str], Checkpointing | None]:
+    if root is None:
+        return lambda name: None
+    base = Checkpointing(root, cfg.runtime.checkpoint_every, cfg.runtime.keep_checkpoints)
+    return base.child
+
+
+def teacher_params(teacher) -> int | None:
+    return param_count(teacher) if teachers.is_native(teacher) else None
+
