@@ -13,7 +13,7 @@ import pytest
 from distill.errors import DistillError
 from distill.tn import canonical as can
 from distill.tn import mps
-from distill.tn.tt import tt_svd, tt_to_dense
+from distill.tn.tt import tt_svd
 
 # (n, d, χ, m, k): χ > d^(k) near the ends (zero-padded boundary bonds), χ = 1, k at both ends.
 CONFIGS = [

@@ -49,7 +49,7 @@ def test_every_ordering_is_a_permutation(shape):
 
 @pytest.mark.parametrize("shape", [(8, 8), (14, 14), (28, 28), (7, 5), (5, 7), (4, 7), (9, 2)])
 def test_hilbert_steps_are_4_neighbours(shape):
-    h, w = shape
+    _, w = shape
     p = site_order(shape, "hilbert")
     rows, cols = np.divmod(p, w)
     steps = np.abs(np.diff(rows)) + np.abs(np.diff(cols))

@@ -251,7 +251,7 @@ def _to_chain(params: MPSParams) -> tuple[list, int]:
 
 
 def _pad(a: np.ndarray, chi_l: int, chi_r: int) -> np.ndarray:
-    l, p, r = a.shape
+    l, _, r = a.shape
     return np.pad(a, ((0, chi_l - l), (0, 0), (0, chi_r - r)))
 
 
