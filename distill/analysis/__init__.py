@@ -1,0 +1,1 @@
+"""Analysis of teachers and students: weight entanglement, spectra, truncation curves."""
