@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "results.json, results.csv, report.md (mean ± std, and which differences exceed the seed "
                     "spread) and compare_maps.png.")
     _common(p_cmp, "experiment YAML with a compare section, e.g. configs/compare_maps_digits.yaml")
+    p_cmp.add_argument("--resume", metavar="DIR", help="continue the comparison whose --out was DIR after it was "
+                       "stopped or killed; finished (map, seed) runs are not repeated")
     p_chk = sub.add_parser(
         "check-map", help="validity check of one feature map (seed 000 §4)",
         description="Check that a feature map's components, and their derivatives, are linearly independent on "
@@ -121,7 +123,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                               pairing=args.pairing, pair_shift=args.pair_shift)
         print(compare.format_validity(r))
         return 0 if r.ok else 1
-    if args.command == "run" and args.resume is not None:
+    if args.command in ("run", "compare-maps") and args.resume is not None:
         if args.config is not None or args.overrides or args.out is not None:
             raise DistillError("--resume continues a run with the config it recorded; give no CONFIG, --set or --out")
         from distill import report
@@ -129,11 +131,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         from distill.train.checkpoint import RunInterrupted
 
         try:
-            cfg, folder, results = pipeline.resume(args.resume, progress=not args.quiet)
+            if args.command == "run":
+                cfg, folder, results = pipeline.resume(args.resume, progress=not args.quiet)
+                print(f"\n{cfg.name}: teacher vs student on the test split\n")
+                print(report.console_table(results))
+            else:
+                from distill.config import load_config
+                from distill.experiments import compare_maps as compare
+                from distill.experiments.folder import RunFolder
+
+                cfg = load_config(RunFolder.staged_config(args.resume))
+                folder, results = compare.compare_maps(cfg, args.resume, progress=not args.quiet, resume=True)
+                print(f"\n{cfg.name}: mean ± std over seeds {list(cfg.compare.seeds)} (test split)\n")
+                print(compare.console_table(results))
         except RunInterrupted as err:
-            return _interrupted(err, args.resume)
-        print(f"\n{cfg.name}: teacher vs student on the test split\n")
-        print(report.console_table(results))
+            return _interrupted(err, args.resume, command=args.command)
         print(f"\nrun folder: {folder}")
         return 0
     cfg = _load(args)

@@ -92,7 +92,7 @@ def test_teacher_command(tmp_path):
     r = json.loads((out / "results.json").read_text())
     model, meta = teachers.load_teacher(out / "teacher")
     assert meta["test_accuracy"] == r["teacher"]["accuracy"] > 0.5
-    assert model.spec["hidden"] == [32]
+    assert [layer["out_features"] for layer in model.spec["layers"] if layer["type"] == "dense"] == [32, 10]
 
 
 def _error_of(capsys, *argv: str) -> str:
@@ -140,11 +140,24 @@ def test_corrupt_idx_file(capsys, tmp_path):
     assert not out.exists()
 
 
-def test_teacher_that_does_not_match_the_config(capsys, digits_run, tmp_path):
+def test_the_architecture_comes_from_the_checkpoint(capsys, digits_run, tmp_path):
+    """A config naming teacher.checkpoint need not repeat the architecture: keys that differ are
+    not used, the run says so in one line and records the checkpoint's architecture."""
+    out = tmp_path / "arch"
+    assert cli.main(["run", *FAST, "--set", f"teacher.checkpoint={digits_run / 'teacher'}",
+                     "--set", "teacher.hidden=[64, 64]", "--set", "teacher.arch=cnn", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "architecture from the checkpoint" in line]
+    assert len(notes) == 1 and "teacher.arch, teacher.hidden" in notes[0] and "not used" in notes[0]
+    r = json.loads((out / "results.json").read_text())
+    assert r["teacher"]["hidden"] == [32] and r["teacher"]["architecture"] == "flatten → dense → dense"
+
+
+def test_a_checkpoint_that_does_not_fit_the_data_is_refused(capsys, digits_run, tmp_path):
     out = tmp_path / "never"
     err = _error_of(capsys, "run", *FAST, "--set", f"teacher.checkpoint={digits_run / 'teacher'}",
-                    "--set", "teacher.hidden=[64, 64]", "--out", str(out))
-    assert "hidden" in err and "[32]" in err and "[64, 64]" in err
+                    "--set", "data.downsample=2", "--out", str(out))
+    assert "8x8x1 images" in err and "4x4x1" in err and "data.downsample" in err
     assert not out.exists()
 
 

@@ -178,18 +178,21 @@ def test_layerwise_variant_records_layer_fidelity_and_matches_budgets(tiny_layer
     ref, pair = results["maps"]
     assert (ref["d"], ref["bond_dim"], pair["d"]) == (2, 3, 3)
     # the whole mirror student is counted: MPS layers 64→12, 12→8 and the dense head 8→10
-    from distill import students, teachers
     from flax import nnx
 
-    teacher = teachers.MLP(64, (12, 8), 10, activation="relu", rngs=nnx.Rngs(0))
+    from distill.students.mirror import build_mirror, mirror_param_count
+    from distill.teachers import Network, mlp_spec
+
+    teacher = Network(mlp_spec(64, [12, 8], 10, "relu", (8, 8)), rngs=nnx.Rngs(0))
     for m in (ref, pair):
         run_cfg = compare.parse_maps(cfg)[results["maps"].index(m)].config(cfg, m["bond_dim"], seed=0)
-        built = students.build_mirror(run_cfg, teacher, warm_start=False)
+        built = build_mirror("mps_layers", run_cfg.student.options, teacher, seed=0, warm_start=False)
         assert m["params"] == param_count(built) == m["runs"][0]["params"]
         # χ ± 1 would be farther from the reference's count
         for other in (m["bond_dim"] - 1, m["bond_dim"] + 1):
             if other >= 1 and m is pair:
-                alt = students.mirror_param_count(compare.parse_maps(cfg)[1].config(cfg, other, seed=0), teacher)
+                alt_cfg = compare.parse_maps(cfg)[1].config(cfg, other, seed=0)
+                alt = mirror_param_count("mps_layers", alt_cfg.student.options, teacher)
                 assert abs(alt - ref["params"]) >= abs(m["params"] - ref["params"])
     for m in (ref, pair):
         for r in m["runs"]:
@@ -206,18 +209,24 @@ def test_layerwise_variant_records_layer_fidelity_and_matches_budgets(tiny_layer
 
 def test_layerwise_variant_draws_a_pairing_per_layer_and_seed(tiny_layers_run):
     cfg, _, _ = tiny_layers_run
-    from distill import students, teachers
     from flax import nnx
 
-    teacher = teachers.MLP(64, (12, 8), 10, activation="relu", rngs=nnx.Rngs(0))
+    from distill.students.mirror import build_mirror
+    from distill.teachers import Network, mlp_spec
+
+    teacher = Network(mlp_spec(64, [12, 8], 10, "relu", (8, 8)), rngs=nnx.Rngs(0))
     spec = compare.parse_maps(cfg)[1]
-    s0, s0b, s1 = (students.build_mirror(spec.config(cfg, 3, seed=seed), teacher, warm_start=False)
-                   for seed in (0, 0, 1))
-    p0 = [np.asarray(layer.partners[...]) for layer in s0.hidden]
+    s0, s0b, s1 = (build_mirror("mps_layers", spec.config(cfg, 3, seed=seed).student.options, teacher, seed=seed,
+                                warm_start=False) for seed in (0, 0, 1))
+
+    def partners(s):
+        return [np.asarray(getattr(s, name).partners[...]) for name in s.replaced]
+
+    p0 = partners(s0)
     assert [p.shape for p in p0] == [(64,), (12,)]
-    for a, b in zip(p0, (np.asarray(layer.partners[...]) for layer in s0b.hidden)):
+    for a, b in zip(p0, partners(s0b)):
         np.testing.assert_array_equal(a, b)  # same seed, same pairing
-    assert not np.array_equal(p0[0], np.asarray(s1.hidden[0].partners[...]))  # another seed, another one
+    assert not np.array_equal(p0[0], partners(s1)[0])  # another seed, another one
 
 
 @pytest.mark.parametrize("student, mode, match", [

@@ -48,7 +48,7 @@ def test_round_trip_through_yaml(tmp_path):
     ("student.family=ttt", "did you mean 'tt'?"),
     ("data.name=fashion", "did you mean 'fashion_mnist'?"),
     ("teacher.hidden=3", "teacher.hidden = 3 is not allowed: expected a list of integers"),
-    ("teacher.hidden=[64, 0]", "teacher.hidden = (64, 0) is not allowed: must be a non-empty list"),
+    ("teacher.hidden=[64, 0]", "teacher.hidden = (64, 0) is not allowed: must be a list of integers ≥ 1"),
     ("student.bond_dim=2.5", "student.bond_dim = 2.5 is not allowed: expected an integer"),
     ("student.bond_dim=true", "expected an integer"),
     ("seed=-1", "seed = -1 is not allowed"),
@@ -72,7 +72,7 @@ def test_bad_files(tmp_path):
         load_config(bad)
     notmap = tmp_path / "list.yaml"
     notmap.write_text(yaml.safe_dump({"student": [1, 2]}))
-    with pytest.raises(DistillError, match="student. must be a mapping"):
+    with pytest.raises(DistillError, match="student must be a mapping"):
         load_config(notmap)
 
 

@@ -137,10 +137,11 @@ def test_training_step_compiles_once_per_shape(method):
 def test_config_contraction_reaches_the_student_and_keeps_its_values(method):
     """student.contraction overrides the automatic choice; the logits do not change."""
     from distill.config import from_dict
-    from distill.students import build_mps
+    from distill.experiments.common import StudentInputs, build_student
 
-    auto = build_mps(from_dict({}), 16, (4, 4), 10)
-    forced = build_mps(from_dict({"student": {"contraction": method}}), 16, (4, 4), 10)
+    xs = StudentInputs({}, (4, 4))
+    auto = build_student(from_dict({}), xs, 10)
+    forced = build_student(from_dict({"student": {"contraction": method}}), xs, 10)
     assert auto.contraction is None and forced.contraction == method
     x = jax.random.uniform(jax.random.key(3), (6, 16))
     np.testing.assert_allclose(np.asarray(forced(x)), np.asarray(auto(x)), rtol=2e-5, atol=1e-6)

@@ -159,7 +159,7 @@ def test_training_with_nnx_optimizer_reduces_loss():
 
 import math  # noqa: E402
 
-from distill import teachers  # noqa: E402
+from distill.io import load_state, save_state  # noqa: E402
 from distill.nn import Partners  # noqa: E402
 from distill.tn.feature_maps import register_feature_map, unregister_feature_map  # noqa: E402
 
@@ -303,10 +303,10 @@ def test_partners_survive_save_state_and_load_state(tmp_path):
                    pairing_seed=seed, init_std=0.3, rngs=nnx.Rngs(seed))
 
     src = build(5)
-    teachers.save_state(src, tmp_path / "student")
+    save_state(src, tmp_path / "student")
     dst = build(5)  # same architecture, different draw of nothing: partners come from the seed
     dst.log_scale[...] = jnp.asarray(3.0, jnp.float32)
-    teachers.load_state(dst, tmp_path / "student")
+    load_state(dst, tmp_path / "student")
     np.testing.assert_array_equal(np.asarray(dst.partners[...]), np.asarray(src.partners[...]))
     assert dst.partners[...].dtype == jnp.int32
     x = uniform(1, (4, 12))

@@ -168,9 +168,9 @@ def test_refusals():
 @pytest.mark.parametrize("method", tt.TT_METHODS)
 def test_every_tt_method_gives_the_layer_the_same_values(method):
     """TTLinear(method=...) and student.tt_method only change how W x is computed."""
-    from distill.config import from_dict
-    from distill.students import build_mirror
-    from distill.teachers import MLP
+    from distill.students import family
+    from distill.students.mirror import build_mirror
+    from distill.teachers import Network, mlp_spec
 
     W, b = normal(1, (24, 40)), normal(2, (24,))
     auto = TTLinear.from_dense(W, b, in_modes=(2, 4, 5), out_modes=(2, 3, 4), rank=3, activation="tanh")
@@ -179,9 +179,9 @@ def test_every_tt_method_gives_the_layer_the_same_values(method):
     x = normal(3, (7, 40))
     np.testing.assert_allclose(np.asarray(forced(x)), np.asarray(auto(x)), rtol=2e-5, atol=2e-6)
 
-    teacher = MLP(40, (24,), 10, activation="relu", rngs=nnx.Rngs(0))
-    cfg = from_dict({"student": {"family": "tt", "rank": 3, "tt_factors": 2, "tt_method": method}})
-    student = build_mirror(cfg, teacher)
-    assert student.hidden[0].method == method
-    ref = build_mirror(from_dict({"student": {"family": "tt", "rank": 3, "tt_factors": 2}}), teacher)
+    teacher = Network(mlp_spec(40, [24], 10, "relu"), rngs=nnx.Rngs(0))
+    opts = family("tt").Options(rank=3, tt_factors=2, tt_method=method)
+    student = build_mirror("tt", opts, teacher, seed=0)
+    assert student.hidden_0.method == method
+    ref = build_mirror("tt", family("tt").Options(rank=3, tt_factors=2), teacher, seed=0)
     np.testing.assert_allclose(np.asarray(student(x)), np.asarray(ref(x)), rtol=2e-5, atol=2e-6)

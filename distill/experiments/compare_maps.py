@@ -50,24 +50,19 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from matplotlib.figure import Figure
 
 from distill import report, students, teachers, train
-from distill.config import Config, dump_yaml
+from distill.config import Config, dump_yaml, with_student
 from distill.errors import DistillError
-from distill.experiments.run import (
-    _distil_mirror,
-    _student_settings,
-    _teacher_metadata,
-    check_mirror_inputs,
-    default_run_dir,
-    get_teacher,
-    load_data,
-    staged_dir,
-    student_inputs,
-    teacher_layers,
-)
+from distill.experiments import checks
+from distill.experiments.common import distil, load_data, student_checkpointing, student_inputs
+from distill.experiments.folder import RunFolder, default_run_dir
+from distill.experiments.run import CHECKPOINTS, _drop_checkpoints, get_teacher
 from distill.nn import MPS, MPSHidden, param_count
 from distill.nn.features import _unknown_map_error
+from distill.students.mirror import mirror_param_count
+from distill.students.budget import match_budget
 from distill.tn.feature_maps import (
     FeatureMap,
     ValidityReport,
@@ -77,6 +72,7 @@ from distill.tn.feature_maps import (
     make_feature_map,
 )
 from distill.tn.pairing import PAIRINGS, make_partners
+from distill.train.checkpoint import RunInterrupted, stop_on_signals
 
 __all__ = ["MapSpec", "parse_maps", "choose_bond_dims", "compare_maps", "check_map",
            "format_validity", "console_table", "METRICS", "SIGNIFICANCE_RULE"]
@@ -113,24 +109,28 @@ class MapSpec:
 
     def config(self, cfg: Config, bond_dim: int, *, seed: int) -> Config:
         """The config of one run: the config's student with this map, χ = bond_dim and `seed`."""
-        s = cfg.student
-        pairing_seed = self.pairing_seed if self.pairing_seed is not None else s.pairing_seed
-        student_cfg = dataclasses.replace(s, feature_map=self.name, feature_dim=self.feature_dim,
-                                          feature_params=self.params, pairing=self.pairing,
-                                          pairing_seed=pairing_seed, pair_shift=self.pair_shift, bond_dim=bond_dim)
-        return dataclasses.replace(cfg, seed=seed, student=student_cfg)
+        o = cfg.student.options
+        pairing_seed = self.pairing_seed if self.pairing_seed is not None else o.pairing_seed
+        run = with_student(cfg, feature_map=self.name, feature_dim=self.feature_dim, feature_params=self.params,
+                           pairing=self.pairing, pairing_seed=pairing_seed, pair_shift=self.pair_shift,
+                           bond_dim=bond_dim)
+        return dataclasses.replace(run, seed=seed)
 
     def student(self, cfg: Config, image_shape: tuple[int, int], n_out: int, bond_dim: int, *, seed: int) -> MPS:
         """This map's MPS student (family mps): one MPS over the image's pixels."""
-        run_cfg = self.config(cfg, bond_dim, seed=seed)
-        return students.build_mps(run_cfg, image_shape[0] * image_shape[1], image_shape, n_out)
+        from distill.data import site_order
+
+        run = self.config(cfg, bond_dim, seed=seed)
+        return students.family("mps").build(run.student.options, n_sites=image_shape[0] * image_shape[1],
+                                            image_shape=image_shape, n_classes=n_out,
+                                            site_order=site_order(image_shape, cfg.data.ordering), seed=seed)
 
     def probe_layer(self, cfg: Config) -> MPSHidden:
         """A tiny MPS layer with this map (family mps_layers): validates it and gives its d."""
-        s = self.config(cfg, 1, seed=cfg.seed).student
-        return MPSHidden(4, 2, bond_dim=1, feature_map=s.feature_map, feature_dim=s.feature_dim,
-                         feature_params=s.feature_params or None, pairing=s.pairing,
-                         pair_shift=s.pair_shift, out_factors=(2,), rngs=nnx.Rngs(0))
+        o = self.config(cfg, 1, seed=cfg.seed).student.options
+        return MPSHidden(4, 2, bond_dim=1, feature_map=o.feature_map, feature_dim=o.feature_dim,
+                         feature_params=o.feature_params or None, pairing=o.pairing,
+                         pair_shift=o.pair_shift, out_factors=(2,), rngs=nnx.Rngs(0))
 
 
 def _label(name: str, params: dict, pairing: str | None, pair_shift: float | None) -> str:
@@ -208,7 +208,7 @@ def choose_bond_dims(specs: list[MapSpec], cfg: Config, image_shape: tuple[int, 
         extra = param_count(probe) - _core_params(n_sites, d, 1, n_out)  # learned map weights
         info.append((d, extra))
     d_ref, extra_ref = info[0]
-    chi_ref = cfg.student.bond_dim
+    chi_ref = cfg.student.options.bond_dim
     target_params = _core_params(n_sites, d_ref, chi_ref, n_out) + extra_ref
     out = []
     for i, (d, extra) in enumerate(info):
@@ -229,22 +229,23 @@ def _d_chi2_match(d: int, d_ref: int, chi_ref: int, max_chi: int) -> int:
 
 def _choose_bond_dims_mirror(specs: list[MapSpec], cfg: Config, teacher_shape, max_chi: int) -> list[dict]:
     """choose_bond_dims for family mps_layers: counts of the whole mirror student (all MPS
-    layers + the dense head), matched by `students.match_budget`."""
+    layers + the rest of the teacher), matched by `students.budget.match_budget`."""
     ds = [spec.probe_layer(cfg).feature_dim for spec in specs]
 
     def count(spec: MapSpec, chi: int) -> int:
-        return students.mirror_param_count(spec.config(cfg, chi, seed=cfg.seed), teacher_shape)
+        run = spec.config(cfg, chi, seed=cfg.seed)
+        return mirror_param_count("mps_layers", run.student.options, teacher_shape, cfg.seed)
 
-    chi_ref = cfg.student.bond_dim
+    chi_ref = cfg.student.options.bond_dim
     target = count(specs[0], chi_ref)
     out = []
     for i, (spec, d) in enumerate(zip(specs, ds)):
         if i == 0:
             chi = chi_ref
         elif cfg.compare.budget == "params":
-            matched, _ = students.match_budget(spec.config(cfg, chi_ref, seed=cfg.seed), teacher_shape, target,
-                                               max_size=max_chi)
-            chi = matched.student.bond_dim
+            matched, _ = match_budget("mps_layers", spec.config(cfg, chi_ref, seed=cfg.seed).student.options,
+                                      teacher_shape, target, max_size=max_chi, seed=cfg.seed)
+            chi = matched.bond_dim
         else:
             chi = _d_chi2_match(d, ds[0], chi_ref, max_chi)
         out.append({"d": d, "bond_dim": chi, "params": count(spec, chi)})
@@ -294,14 +295,21 @@ def _welch_p(a: list[float], b: list[float]) -> float | None:
 
 
 def _check_variant(cfg: Config) -> None:
-    family, mode = cfg.student.family, cfg.distill.mode
+    family, phases = cfg.student.family, cfg.distill.phases
     if family not in VARIANT_MODES:
         raise DistillError(f"compare-maps compares the feature maps of MPS students (student.family = mps or "
                            f"mps_layers); student.family = {family!r} has no feature map to compare")
-    if mode not in VARIANT_MODES[family]:
+    allowed = {"mps": {("end_to_end",)},
+               "mps_layers": {("layerwise",), ("layerwise", "end_to_end"), ("end_to_end",)}}[family]
+    if tuple(phases) not in allowed:
         hint = ("; for the layer-wise variant set student.family=mps_layers" if family == "mps" else "")
         raise DistillError(f"compare-maps with student.family={family} takes distill.mode "
-                           f"{' / '.join(VARIANT_MODES[family])}, got {mode!r}{hint}")
+                           f"{' / '.join(VARIANT_MODES[family])}, got {cfg.distill.mode!r}{hint}")
+
+
+def _mode_name(cfg: Config) -> str:
+    return {("layerwise",): "layerwise", ("layerwise", "end_to_end"): "staged",
+            ("end_to_end",): "end_to_end"}[tuple(cfg.distill.phases)]
 
 
 def _describe_variant(cfg: Config) -> str:
@@ -309,134 +317,132 @@ def _describe_variant(cfg: Config) -> str:
         return "one MPS from pixels to logits, distilled end to end"
     how = {"layerwise": "each layer fitted to the teacher's activations (no fine-tuning)",
            "staged": "each layer fitted to the teacher's activations, then KD fine-tuning end to end",
-           "end_to_end": "distilled end to end on the teacher's logits"}[cfg.distill.mode]
+           "end_to_end": "distilled end to end on the teacher's logits"}[_mode_name(cfg)]
     return f"the teacher's hidden layers replaced by MPS layers, {how}"
 
 
-@dataclasses.dataclass
-class _Outcome:
-    """One (map, seed) run: the student, and either its best epoch or the error that stopped it."""
-
-    student: object
-    best_epoch: int | None = None
-    error: DistillError | None = None
-    layer_r2: dict = dataclasses.field(default_factory=dict)  # layer_r2_layerwise / layer_r2_final
-
-
-def _run_mps(spec, b, cfg, seed, data, xs, t_train, progress) -> _Outcome:
-    """One end-to-end run of the mps family."""
-    student = spec.student(cfg, xs.image_shape, data.num_classes, b["bond_dim"], seed=seed)
-    settings = _student_settings(dataclasses.replace(cfg, seed=seed))
-    try:
-        hist = train.end_to_end(student, xs.x_train, t_train, data.y_train, xs.x_val, data.y_val, settings,
-                                temperature=cfg.distill.temperature, alpha=cfg.distill.alpha,
-                                desc=f"{spec.label} seed {seed}", progress=progress)
-    except DistillError as err:  # e.g. a NaN loss: record it, keep comparing the others
-        return _Outcome(student, error=err)
-    return _Outcome(student, hist.best_epoch)
-
-
-def _run_mirror(spec, b, cfg, seed, data, teacher, t_train, layers, progress) -> _Outcome:
-    """One mps_layers run as distill.mode says, with the mean per-layer R²."""
+def _one_run(spec: MapSpec, b: dict, cfg: Config, seed: int, data, xs, teacher, t_logits, ckpt, progress) -> dict:
+    """One (map, seed) run: its test metrics, or the error that stopped it (e.g. a NaN loss)."""
     run_cfg = spec.config(cfg, b["bond_dim"], seed=seed)
+    t1 = time.perf_counter()
     try:
-        student, curves, _, rows = _distil_mirror(run_cfg, data, teacher, t_train, progress, layers=layers)
-    except DistillError as err:  # the student as built, for its size and Φ = 0 count
-        return _Outcome(students.build_mirror(run_cfg, teacher, layers.scales, warm_start=False), error=err)
-    r2 = {"layer_r2_final": float(np.mean([r["r2"] for r in rows])),
-          "layer_r2_layerwise": (float(np.mean([r["r2_after_layerwise"] for r in rows]))
-                                 if "r2_after_layerwise" in rows[0] else None)}
-    return _Outcome(student, curves.get("student (KD)", {}).get("best_epoch"), layer_r2=r2)
+        result = distil(run_cfg, data, xs, teacher, t_logits, ckpt=ckpt, devices=cfg.runtime.devices,
+                        progress=progress, label=f"{spec.label} seed {seed}")
+    except DistillError as err:  # record it, keep comparing the others
+        from distill.experiments.common import build_student
+
+        student = build_student(run_cfg, xs, data.num_classes, teacher, None)
+        return {"seed": seed, "failed": str(err), "params": param_count(student),
+                "vanishing_fraction": _vanishing_fraction(_first_layer(student), xs.x["test"]),
+                **{k: None for k in METRICS if k != "vanishing_fraction"}, "best_epoch": None}
+    train_time = time.perf_counter() - t1
+    student = result.student
+    ev = train.evaluate(train.predict(student, xs.x["test"]), t_logits["test"], data.y_test)
+    kd = [h for name, h in result.curves.items() if name.endswith("(KD)")]
+    rows = result.layers or []
+    r2_final = float(np.mean([r["r2"] for r in rows])) if rows else None
+    r2_lw = float(np.mean([r["r2_after_layerwise"] for r in rows])) if rows and "r2_after_layerwise" in rows[0] \
+        else None
+    return {"seed": seed, "accuracy": ev.accuracy, "agreement": ev.agreement, "kl": ev.kl,
+            "train_time_s": train_time, "vanishing_fraction": _vanishing_fraction(_first_layer(student), xs.x["test"]),
+            "layer_r2_layerwise": r2_lw, "layer_r2_final": r2_final,
+            "best_epoch": kd[0]["best_epoch"] if kd else None, "params": param_count(student)}
 
 
-def compare_maps(cfg: Config, out: str | Path | None = None, progress: bool = True) -> tuple[Path, dict]:
-    """Compare cfg.compare.maps × cfg.compare.seeds on one teacher; returns (run folder, results)."""
+def _first_layer(student):
+    """The module that reads the pixels: the MPS itself, or a mirror student's first MPS layer."""
+    return getattr(student, student.replaced[0]) if hasattr(student, "replaced") else student
+
+
+def compare_maps(cfg: Config, out: str | Path | None = None, progress: bool = True, *,
+                 resume: bool = False) -> tuple[Path, dict]:
+    """Compare cfg.compare.maps × cfg.compare.seeds on one teacher; returns (run folder, results).
+    With `resume`, continue the interrupted comparison whose folder was `out` (finished runs are
+    not repeated)."""
     t0 = time.perf_counter()
     _check_variant(cfg)
+    checks.check_config(cfg)
     specs = parse_maps(cfg)
     mirror = cfg.student.family == "mps_layers"
-    final = Path(out) if out is not None else default_run_dir(cfg, "-compare-maps")
+    final = Path(out) if out is not None else default_run_dir(cfg.name, "-compare-maps")
+    folder = RunFolder.resume(final) if resume else RunFolder.start(final)
     config_yaml = dump_yaml(cfg)
-    with staged_dir(final) as work:
-        report.write_atomic(work / "config.yaml", config_yaml)
-        data = load_data(cfg)
-        xs = student_inputs(cfg, data)
-        if mirror:
-            check_mirror_inputs(cfg)  # before the teacher trains
-        # The teacher's widths, without training it: every map is validated before the teacher trains.
-        teacher_shape = nnx.eval_shape(lambda: teachers.MLP(
-            data.n_features, cfg.teacher.hidden, data.num_classes, activation=cfg.teacher.activation,
-            rngs=nnx.Rngs(0)))
-        budget = choose_bond_dims(specs, cfg, xs.image_shape, data.num_classes, teacher_shape=teacher_shape)
+    try:
+        with stop_on_signals():
+            results = _compare_in(cfg, specs, mirror, folder, config_yaml, progress, t0)
+    except RunInterrupted:
+        raise
+    except BaseException:
+        folder.abort()
+        raise
+    return folder.finish(), results
 
-        teacher, teacher_hist, source = get_teacher(cfg, data, progress)
-        if teacher_hist is not None:
-            teachers.save_teacher(teacher, work / "teacher", _teacher_metadata(cfg, data))
-        t_train, t_test = (teachers.frozen_logits(teacher, x) for x in (data.x_train, data.x_test))
-        teacher_acc = train.losses.accuracy(t_test, data.y_test)
-        layers = teacher_layers(cfg, data, teacher) if mirror else None
-        x_test = data.x_test if mirror else xs.x_test
 
-        maps = []
-        for spec, b in zip(specs, budget):
-            runs = []
-            for seed in cfg.compare.seeds:
-                t1 = time.perf_counter()
-                if mirror:
-                    run = _run_mirror(spec, b, cfg, seed, data, teacher, t_train, layers, progress)
-                else:
-                    run = _run_mps(spec, b, cfg, seed, data, xs, t_train, progress)
-                train_time = time.perf_counter() - t1
-                student = run.student
-                first = student.hidden[0] if mirror else student  # the layer that reads the pixels
-                vanishing = _vanishing_fraction(first, x_test)
-                if run.error is not None:
-                    runs.append({"seed": seed, "failed": str(run.error), "params": param_count(student),
-                                 "vanishing_fraction": vanishing,
-                                 **{k: None for k in METRICS if k != "vanishing_fraction"}, "best_epoch": None})
-                    continue
-                ev = train.evaluate(train.predict(student, x_test), t_test, data.y_test)
-                runs.append({"seed": seed, "accuracy": ev.accuracy, "agreement": ev.agreement, "kl": ev.kl,
-                             "train_time_s": train_time, "vanishing_fraction": vanishing,
-                             "layer_r2_layerwise": run.layer_r2.get("layer_r2_layerwise"),
-                             "layer_r2_final": run.layer_r2.get("layer_r2_final"),
-                             "best_epoch": run.best_epoch, "params": param_count(student)})
-            ok = [r for r in runs if "failed" not in r]
-            summary = {"n_ok": len(ok), "n_failed": len(runs) - len(ok)}
-            for metric in METRICS:
-                summary[metric] = _mean_std([r[metric] for r in ok])
-            maps.append({"label": spec.label, "name": spec.name, "params_of_map": spec.params,
-                         "pairing": spec.pairing, "pair_shift": spec.pair_shift if spec.pairing else None,
-                         "d": b["d"], "bond_dim": b["bond_dim"], "params": b["params"],
-                         "summary": summary, "runs": runs})
+def _compare_in(cfg, specs, mirror, folder, config_yaml, progress, t0) -> dict:
+    work = folder.work
+    report.write_atomic(work / "config.yaml", config_yaml)
+    data = load_data(cfg)
+    xs = student_inputs(cfg, data)
+    # The teacher's shape, without training it: every map is validated before the teacher trains.
+    if cfg.teacher.checkpoint is None:
+        teacher_shape = checks.shape_only_teacher(cfg, data.image_shape, data.num_classes)
+    else:
+        teacher_shape = teachers.load_teacher(cfg.teacher.checkpoint)[0]
+    budget = choose_bond_dims(specs, cfg, xs.image_shape, data.num_classes, teacher_shape=teacher_shape)
 
-        results = {
-            "name": cfg.name,
-            "dataset": {"name": data.name, "image_shape": list(data.image_shape), "num_classes": data.num_classes,
-                        "student_image_shape": list(xs.image_shape), "n_train": int(len(data.y_train)),
-                        "n_val": int(len(data.y_val)), "n_test": int(len(data.y_test))},
-            "teacher": {"accuracy": teacher_acc, "params": param_count(teacher), "source": source,
-                        "hidden": list(cfg.teacher.hidden)},
-            "variant": {"family": cfg.student.family, "mode": cfg.distill.mode,
-                        "layer_target": cfg.distill.layer_target if mirror else None,
-                        "description": _describe_variant(cfg)},
-            "budget": cfg.compare.budget,
-            "reference": {"label": specs[0].label, "bond_dim": cfg.student.bond_dim, "params": budget[0]["params"],
-                          "d_chi2": budget[0]["d"] * cfg.student.bond_dim ** 2},
-            "seeds": list(cfg.compare.seeds),
-            "epochs": cfg.distill.epochs,
-            "layer_epochs": cfg.distill.layer_epochs if mirror and cfg.distill.mode != "end_to_end" else None,
-            "significance_rule": SIGNIFICANCE_RULE,
-            "pairs": _pairs(maps),
-            "maps": maps,
-            "wall_time_s": None,
-        }
-        _plot(work / "compare_maps.png", maps, teacher_acc, cfg)
-        results["wall_time_s"] = time.perf_counter() - t0
-        report.write_json(work / "results.json", results)
-        report.write_atomic(work / "results.csv", _csv(maps))
-        report.write_atomic(work / "report.md", markdown_report(results, config_yaml))
-    return final, results
+    teacher = get_teacher(cfg, data, work, progress=progress)
+    checks.check_teacher_for_student(cfg, teacher.model)
+    t_logits = {s: teachers.frozen_logits(teacher.model, getattr(data, f"x_{s}")) for s in ("train", "val", "test")}
+    teacher_acc = train.losses.accuracy(t_logits["test"], data.y_test)
+    ckpt_root = student_checkpointing(work / CHECKPOINTS, cfg)
+
+    maps = []
+    for spec, b in zip(specs, budget):
+        runs = []
+        for seed in cfg.compare.seeds:
+            ckpt = (lambda name, spec=spec, seed=seed: ckpt_root(f"{spec.label}/seed{seed}/{name}"))
+            runs.append(_one_run(spec, b, cfg, seed, data, xs, teacher.model, t_logits, ckpt, progress))
+        ok = [r for r in runs if "failed" not in r]
+        summary = {"n_ok": len(ok), "n_failed": len(runs) - len(ok)}
+        for metric in METRICS:
+            summary[metric] = _mean_std([r[metric] for r in ok])
+        maps.append({"label": spec.label, "name": spec.name, "params_of_map": spec.params,
+                     "pairing": spec.pairing, "pair_shift": spec.pair_shift if spec.pairing else None,
+                     "d": b["d"], "bond_dim": b["bond_dim"], "params": b["params"],
+                     "summary": summary, "runs": runs})
+
+    hidden = [layer["out_features"] for layer in teacher.model.spec["layers"]
+              if layer["type"] == "dense" and layer["name"] != "logits"] if teachers.is_native(teacher.model) else []
+    chi_ref = cfg.student.options.bond_dim
+    results = {
+        "name": cfg.name,
+        "dataset": {"name": data.name, "image_shape": list(data.image_shape), "num_classes": data.num_classes,
+                    "student_image_shape": list(xs.image_shape), "n_train": int(len(data.y_train)),
+                    "n_val": int(len(data.y_val)), "n_test": int(len(data.y_test))},
+        "teacher": {"accuracy": teacher_acc,
+                    "params": param_count(teacher.model) if teachers.is_native(teacher.model) else None,
+                    "source": teacher.source, "hidden": hidden},
+        "variant": {"family": cfg.student.family, "mode": _mode_name(cfg),
+                    "layer_target": cfg.distill.layer_target if mirror else None,
+                    "description": _describe_variant(cfg)},
+        "budget": cfg.compare.budget,
+        "reference": {"label": specs[0].label, "bond_dim": chi_ref, "params": budget[0]["params"],
+                      "d_chi2": budget[0]["d"] * chi_ref ** 2},
+        "seeds": list(cfg.compare.seeds),
+        "epochs": cfg.distill.epochs,
+        "layer_epochs": cfg.distill.layer_epochs if mirror and "layerwise" in cfg.distill.phases else None,
+        "significance_rule": SIGNIFICANCE_RULE,
+        "pairs": _pairs(maps),
+        "maps": maps,
+        "wall_time_s": None,
+    }
+    _plot(work / "compare_maps.png", maps, teacher_acc, cfg)
+    results["wall_time_s"] = time.perf_counter() - t0
+    report.write_json(work / "results.json", results)
+    report.write_atomic(work / "results.csv", _csv(maps))
+    report.write_atomic(work / "report.md", markdown_report(results, config_yaml))
+    _drop_checkpoints(work)
+    return results
 
 
 def _pairs(maps: list[dict]) -> list[dict]:
@@ -578,19 +584,18 @@ def markdown_report(results: dict, config_yaml: str) -> str:
 
 
 def _plot(path: Path, maps: list[dict], teacher_acc: float, cfg: Config) -> None:
-    import matplotlib.pyplot as plt  # report sets the Agg backend
-
     ordered = sorted((m for m in maps if m["summary"]["n_ok"]), key=_sort_key)
     means = [100 * m["summary"]["accuracy"]["mean"] for m in ordered]
     stds = [100 * m["summary"]["accuracy"]["std"] for m in ordered]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(ordered) + 2), 4.2))
+    fig = Figure(figsize=(max(6.0, 1.1 * len(ordered) + 2), 4.2))
+    ax = fig.subplots()
     ax.bar(range(len(ordered)), means, yerr=stds, capsize=5, color="tab:blue", alpha=0.8)
     ax.axhline(100 * teacher_acc, color="k", ls="--", lw=1, label=f"teacher {100 * teacher_acc:.1f} %")
     ax.set_xticks(range(len(ordered)), [f"{m['label']}\nχ={m['bond_dim']}" for m in ordered],
                   rotation=30, ha="right", fontsize=8)
     lo = min((m - s for m, s in zip(means, stds)), default=100 * teacher_acc)
     ax.set_ylim(max(0.0, min(lo, 100 * teacher_acc) - 5), 100)
-    variant = "MPS" if cfg.student.family == "mps" else f"MPS layers, {cfg.distill.mode}"
+    variant = "MPS" if cfg.student.family == "mps" else f"MPS layers, {_mode_name(cfg)}"
     ax.set(ylabel="test accuracy (%)",
            title=f"{cfg.name} ({variant}): mean ± std over {len(cfg.compare.seeds)} seeds, "
                  f"budget {cfg.compare.budget}")
@@ -599,7 +604,6 @@ def _plot(path: Path, maps: list[dict], teacher_acc: float, cfg: Config) -> None
     fig.tight_layout()
     tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     tmp.replace(path)
 
 

@@ -115,6 +115,19 @@ class RunFolder:
         os.replace(path, work)
         return cls(final, work, resumed=True)
 
+    @staticmethod
+    def staged_config(final: str | Path) -> Path:
+        """The config.yaml an interrupted run of `final` recorded.
+        Raises: DistillError if there is no interrupted run of it."""
+        found = _partials(Path(final))
+        if not found:
+            raise DistillError(f"no interrupted run of {final} to resume (no folder "
+                               f"{Path(final).parent}/.{Path(final).name}.partial-PID)")
+        path = max(found, key=lambda t: t[0].stat().st_mtime)[0] / "config.yaml"
+        if not path.is_file():
+            raise DistillError(f"the interrupted run in {path.parent} has no config.yaml; remove it and start again")
+        return path
+
     def finish(self) -> Path:
         """Rename the staging folder to the final name."""
         if self.final.exists():

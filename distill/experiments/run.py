@@ -7,14 +7,14 @@ hidden staging name (`experiments.folder`): complete, or absent, or resumable.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import jax
-import yaml
 
 from distill import report, students, teachers, train
-from distill.config import Config, dump_yaml, from_dict
+from distill.config import Config, dump_yaml, load_config
 from distill.errors import DistillError
 from distill.experiments import checks
 from distill.experiments.common import (
@@ -41,16 +41,15 @@ __all__ = ["run", "resume", "train_teacher", "say"]
 CHECKPOINTS = "checkpoints"
 
 
-def say(message: str, progress: bool) -> None:
-    """A one-line note to the user (not in quiet mode)."""
-    if progress:
-        print(f"distill: {message}", flush=True)
+def say(message: str) -> None:
+    """A one-line note to the user on stderr (also in quiet mode: notes are not progress)."""
+    print(f"distill: {message}", file=sys.stderr, flush=True)
 
 
-def _notice_leftovers(final: Path, progress: bool) -> None:
+def _notice_leftovers(final: Path) -> None:
     for path in leftovers(final.parent):
         say(f"an interrupted run was left in {path}; continue it with `distill run --resume "
-            f"{path.parent / path.name.split('.partial-')[0].lstrip('.')}` or remove it", progress)
+            f"{path.parent / path.name.split('.partial-')[0].lstrip('.')}` or remove it")
 
 
 def get_teacher(cfg: Config, data, work: Path | None, *, progress: bool) -> Teacher:
@@ -61,12 +60,12 @@ def get_teacher(cfg: Config, data, work: Path | None, *, progress: bool) -> Teac
         teacher = load_checkpoint_teacher(cfg, data)
         note = f"; the config's teacher.{', teacher.'.join(keys)} are not used" if keys else ""
         say(f"teacher {teachers.describe_checkpoint(teacher.model, teacher.metadata)} (architecture from the "
-            f"checkpoint){note}", progress)
+            f"checkpoint){note}")
         return teacher
     saved = None if work is None else work / "teacher"
     if saved is not None and (saved / teachers.TEACHER_JSON).is_file():
         model, meta = teachers.load_teacher(saved)
-        say("teacher reused from the interrupted run", progress)
+        say("teacher reused from the interrupted run")
         return Teacher(model, meta.get("history"), meta["source"], meta)
     ckpt = None if work is None else Checkpointing(work / CHECKPOINTS / "teacher", cfg.runtime.checkpoint_every,
                                                    cfg.runtime.keep_checkpoints)
@@ -90,7 +89,7 @@ def run(cfg: Config, out: str | Path | None = None, progress: bool = True, *,
     final = Path(out) if out is not None else default_run_dir(cfg.name)
     folder = _folder or RunFolder.start(final)
     if _folder is None:
-        _notice_leftovers(folder.final, progress)
+        _notice_leftovers(folder.final)
     config_yaml = dump_yaml(cfg)
     try:
         with stop_on_signals():
@@ -178,14 +177,9 @@ def resume(out: str | Path, progress: bool = True) -> tuple[Config, Path, dict]:
     (config, run folder, results). Finished phases are not repeated; the results equal those of
     an uninterrupted run (same config, seed and machine).
     Raises: DistillError when there is nothing to resume."""
+    cfg = load_config(RunFolder.staged_config(out))
     folder = RunFolder.resume(out)
-    try:
-        raw = yaml.safe_load((folder.work / "config.yaml").read_text())
-        cfg = from_dict(raw)
-    except (OSError, yaml.YAMLError) as err:
-        raise DistillError(f"the interrupted run in {folder.work} has no readable config.yaml ({err}); remove it "
-                           "and start again") from None
-    say(f"resuming {cfg.name} in {folder.work}", progress)
+    say(f"resuming {cfg.name} in {folder.work}")
     final, results = run(cfg, folder.final, progress, _folder=folder)
     return cfg, final, results
 

@@ -547,7 +547,7 @@ def _make_module(layer: dict, rngs: nnx.Rngs) -> nnx.Module | None:
         return nnx.Linear(layer["in_features"], layer["out_features"], use_bias=layer["bias"], rngs=rngs)
     if kind == "conv":
         return nnx.Conv(layer["in_channels"], layer["out_channels"], tuple(layer["kernel"]),
-                        tuple(layer["stride"]), padding=[tuple(p) for p in layer["padding"]],
+                        tuple(layer["stride"]), padding=tuple(tuple(p) for p in layer["padding"]),
                         use_bias=layer["bias"], rngs=rngs)
     if kind == "batchnorm":
         return nnx.BatchNorm(layer["features"], use_running_average=True, momentum=layer["momentum"],

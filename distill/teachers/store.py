@@ -8,7 +8,7 @@
 
 `metadata` records what a run needs to check the teacher fits its data: `dataset`,
 `image_shape` [H, W] (after data.downsample), `downsample`, and `test_accuracy`, `source`
-(how it was made), `layer_names`. Version 1 folders (the MLP teachers of earlier distill
+(how it was made); `layer_names` lists the activations a layer-wise run can read. Version 1 folders (the MLP teachers of earlier distill
 versions: spec {"kind": "mlp", ...}) are read too. Saving is atomic (`distill.io`); loading
 reads JSON only (never pickle/eval) and checks every array's path, shape and dtype.
 """
@@ -50,8 +50,8 @@ def save_teacher(teacher, path: str | Path, metadata: dict) -> None:
     if is_native(teacher):
         if not isinstance(teacher, Network):
             raise DistillError(f"save_teacher expects a distill Network teacher, got {type(teacher).__name__}")
-        meta = {"layer_names": list(teacher.activation_names), **metadata}
-        doc = {"format": _FORMAT, "version": _VERSION, "kind": "network", "spec": teacher.spec, "metadata": meta}
+        doc = {"format": _FORMAT, "version": _VERSION, "kind": "network", "spec": teacher.spec,
+               "layer_names": list(teacher.activation_names), "metadata": metadata}
         _write_checkpoint_dir(path, nnx.to_pure_dict(_arrays(teacher)), TEACHER_JSON,
                               _json_text(doc, "teacher metadata"), "teacher checkpoint")
         return
