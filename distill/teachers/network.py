@@ -330,6 +330,19 @@ def layer_output_shape(layer: dict, shape: tuple, after: str = "the input") -> t
     return tuple(shape)
 
 
+def _raw_output_shape(raw: dict, shape: tuple | None, index: int = 0) -> tuple | None:
+    """Output shape of an unnamed importer layer (its "params" ignored), for importers that
+    need the running shape (e.g. to resolve "same" padding); None when it does not fit, so that
+    :func:`assemble_spec` reports the problem with the final layer names."""
+    if shape is None:
+        return None
+    try:
+        layer = _check_layer({k: v for k, v in raw.items() if k != "params"} | {"name": f"layer_{index}"}, index)
+        return layer_output_shape(layer, shape)
+    except DistillError:
+        return None
+
+
 def check_spec(spec: Any) -> tuple[dict, list[tuple]]:
     """Validate a network spec; returns (canonical spec, per-layer output shapes).
 

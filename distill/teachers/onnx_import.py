@@ -27,10 +27,8 @@ import numpy as np
 from distill.errors import DistillError
 from distill.teachers.network import (
     SOFTMAX_NOTE,
-    _check_layer,
-    _same_pads,
+    _raw_output_shape,
     assemble_spec,
-    layer_output_shape,
 )
 
 __all__ = ["import_onnx", "NativeImport", "BlackBox", "NATIVE_OPS"]
@@ -156,6 +154,8 @@ def _window_pads(node, at: dict, shape: tuple, kernel: list[int], stride: list[i
         return [[0, 0], [0, 0]]
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         pads = []
+        if shape is None or len(shape) != 3:
+            raise _NotNative(f"{node.op_type} node {node.name!r} does not fit its input")
         for n, k, s in zip(shape[:2], kernel, stride):
             total = max((-(-n // s) - 1) * s + k - n, 0)
             small = total // 2
@@ -190,8 +190,7 @@ class _Chain:
     # -- bookkeeping
 
     def _emit(self, layer: dict) -> None:
-        checked = _check_layer({k: v for k, v in layer.items() if k != "params"} | {"name": "layer"}, len(self.raw))
-        self.shape = layer_output_shape(checked, self.shape)
+        self.shape = _raw_output_shape(layer, self.shape, len(self.raw))
         self.raw.append(layer)
 
     def _const(self, node, i: int, what: str) -> np.ndarray:
@@ -339,7 +338,7 @@ class _Chain:
             if at.get("allowzero", 0):
                 raise _NotNative(f"Reshape node {node.name!r} has allowzero=1")
             target = [int(t) for t in self._const(node, 1, "shape")]
-            n = int(np.prod(self.shape))
+            n = int(np.prod(self.shape)) if self.shape is not None else -1
             if len(target) != 2 or target[0] not in (0, -1) or target[1] not in (-1, n) or target == [-1, -1]:
                 raise _NotNative(f"Reshape node {node.name!r} to {target} is not a flatten to (N, -1)")
         if self.tag != "flat":
@@ -396,7 +395,8 @@ class _Chain:
         if c.ndim > rank:
             raise _NotNative(f"{node.op_type} node {node.name!r} has a constant of rank {c.ndim}")
         full = c.reshape((1,) * (rank - c.ndim) + c.shape)
-        if any(d != 1 for i, d in enumerate(full.shape) if i != axis) or full.shape[axis] not in (1, self.shape[-1]):
+        width = self.shape[-1] if self.shape is not None else -1
+        if any(d != 1 for i, d in enumerate(full.shape) if i != axis) or full.shape[axis] not in (1, width):
             raise _NotNative(f"{node.op_type} node {node.name!r} has a constant of shape {tuple(c.shape)}: "
                              "neither a scalar nor per-channel")
         return full.reshape(-1).astype(np.float64)
