@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import jax
@@ -26,6 +27,14 @@ from distill.teachers.network import (
 def _strict_jax():
     with jax.numpy_rank_promotion("raise"), jax.numpy_dtype_promotion("strict"):
         yield
+
+@contextlib.contextmanager
+def refused(match):
+    """A DistillError whose message matches `match` and is one line."""
+    with pytest.raises(DistillError, match=match) as info:
+        yield
+    assert "\n" not in str(info.value)
+
 
 
 # ----------------------------------------------------------------------------- numpy reference
@@ -136,21 +145,30 @@ def random_params(spec, seed=0):
 
 
 def built(spec, seed=0):
-    model = Network(spec, rngs=nnx.Rngs(seed))
     params = random_params(check_spec(spec)[0], seed)
-    load_params(model, params)
-    return model, params
+    return Network(spec, rngs=nnx.Rngs(seed), params=params), params
+
+
+def forward(model, x):
+    """(activations, logits) through one jitted function (compiling op by op is slower)."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def run(state, x):
+        m = nnx.merge(graphdef, state)
+        return m.activations(x), m(x)
+
+    return run(state, jnp.asarray(x, jnp.float32))
 
 
 def assert_matches(spec, x, seed=0):
     model, params = built(spec, seed)
     ref = np_forward(model.spec, params, x)
-    got = model.activations(jnp.asarray(x, jnp.float32))
-    assert list(got) == list(model.activation_names)
-    assert set(got) == set(ref)
+    got, logits = forward(model, x)  # (jit returns the dict sorted: the order is checked eagerly below)
+    assert set(got) == set(ref) == set(model.activation_names)
     for k, v in got.items():
         np.testing.assert_allclose(np.asarray(v), ref[k], rtol=1e-5, atol=1e-5, err_msg=k)
-    np.testing.assert_allclose(np.asarray(model(jnp.asarray(x, jnp.float32))), ref["logits"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(logits), ref["logits"], rtol=1e-5, atol=1e-5)
     return model
 
 
@@ -206,13 +224,13 @@ def test_mlp_spec_matches_numpy():
 def test_cnn_matches_numpy(count_include_pad, order):
     model = assert_matches(cnn_test_spec(count_include_pad=count_include_pad, order=order), X_CNN)
     assert model.input_shape == (7, 6, 3) and model.n_features == 126 and model.n_classes == 3
-    assert model.activations(X_CNN)["pool_1"].shape == (4, 3, 2, 5)
+    assert forward(model, X_CNN)[0]["pool_1"].shape == (4, 3, 2, 5)
 
 
 def test_count_include_pad_and_flatten_order_change_the_output():
-    a = built(cnn_test_spec(count_include_pad=True))[0](X_CNN)
-    b = built(cnn_test_spec(count_include_pad=False))[0](X_CNN)
-    c = built(cnn_test_spec(order="hwc"))[0](X_CNN)
+    a = forward(built(cnn_test_spec(count_include_pad=True))[0], X_CNN)[1]
+    b = forward(built(cnn_test_spec(count_include_pad=False))[0], X_CNN)[1]
+    c = forward(built(cnn_test_spec(order="hwc"))[0], X_CNN)[1]
     assert np.abs(np.asarray(a - b)).max() > 1e-3
     assert np.abs(np.asarray(a - c)).max() > 1e-3
 
@@ -251,6 +269,7 @@ def test_default_activation_parameters_are_written_out():
 def test_jit_through_split_merge_matches_eager():
     model, _ = built(cnn_test_spec())
     graphdef, state = nnx.split(model)
+    assert list(model.activations(X_CNN)) == list(model.activation_names)  # forward order
     fwd = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
     np.testing.assert_allclose(np.asarray(fwd(state, X_CNN)), np.asarray(model(X_CNN)), rtol=1e-6, atol=1e-6)
 
@@ -289,16 +308,15 @@ def test_train_mode_updates_batchnorm_and_drops_out():
 
 def test_lenet5_shapes_and_forward():
     spec = lenet5_spec(10, "tanh")
-    model = Network(spec, rngs=nnx.Rngs(0))
-    shapes = {k: v.shape[1:] for k, v in model.activations(jnp.zeros((2, 784))).items()}
+    x = np.random.default_rng(4).uniform(0, 1, (2, 784))
+    model = assert_matches(spec, x)
+    shapes = {k: v.shape[1:] for k, v in forward(model, x)[0].items()}
     assert shapes["conv_0"] == (28, 28, 6) and shapes["pool_0"] == (14, 14, 6)
     assert shapes["conv_1"] == (10, 10, 16) and shapes["pool_1"] == (5, 5, 16)
     assert shapes["flatten_0"] == (400,) and shapes["hidden_0"] == (120,) and shapes["hidden_1"] == (84,)
     assert shapes["logits"] == (10,)
     n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert n == 156 + 2416 + 48120 + 10164 + 850  # the classic LeNet-5 parameter count
-    x = np.random.default_rng(4).uniform(0, 1, (2, 784))
-    assert_matches(spec, x)
 
 
 def test_cnn_spec_with_batchnorm_and_dropout():
@@ -321,14 +339,14 @@ def test_cnn_spec_with_batchnorm_and_dropout():
     ({"blocks": [4, 4, 4, 4]}, "does not fit its padded input"),
 ])
 def test_cnn_spec_refusals(kwargs, match):
-    with pytest.raises(DistillError, match=match):
+    with refused(match):
         cnn_spec((8, 8, 1), 3, **kwargs)
 
 
 def test_mlp_spec_refusals():
-    with pytest.raises(DistillError, match=r"holds 784 values, not in_features=700"):
+    with refused(r"holds 784 values, not in_features=700"):
         mlp_spec(700, [10], 10, "relu", image_shape=(28, 28))
-    with pytest.raises(DistillError, match="unknown activation 'swish'"):
+    with refused("unknown activation 'swish'"):
         mlp_spec(4, [3], 2, "swish")
 
 
@@ -383,18 +401,18 @@ def test_spec_refusals(path, value, match):
     else:
         spec = _mutate(path, value)
         spec["layers"][3]["in_features"] = 1152 if path[-1] != "in_features" else value
-    with pytest.raises(DistillError, match=match):
+    with refused(match):
         Network(spec)
 
 
 def test_dense_on_an_image_and_image_output_refused():
     spec = _mlp_cnn_spec()
     del spec["layers"][2]
-    with pytest.raises(DistillError, match=r"needs a flat input but receives \(12, 12, 8\) \(after pool_0\); insert a flatten"):
+    with refused(r"needs a flat input but receives \(12, 12, 8\) \(after pool_0\); insert a flatten"):
         Network(spec)
     spec = _mlp_cnn_spec()
     spec["layers"] = spec["layers"][:2]
-    with pytest.raises(DistillError, match=r"output per sample is \(12, 12, 8\), not a vector of logits"):
+    with refused(r"output per sample is \(12, 12, 8\), not a vector of logits"):
         Network(spec)
 
 
@@ -403,21 +421,40 @@ def test_load_params_refusals():
     model = Network(spec)
     good = random_params(check_spec(spec)[0])
     bad = {**good, "hidden_0": {**good["hidden_0"], "kernel": np.zeros((3, 4), np.float32)}}
-    with pytest.raises(DistillError, match=r"param hidden_0.kernel has shape \(3, 4\) but the network expects \(4, 3\)"):
+    with refused(r"param hidden_0.kernel has shape \(3, 4\) but the network expects \(4, 3\)"):
         load_params(model, bad)
-    with pytest.raises(DistillError, match="params lack logits.bias"):
+    with refused("params lack logits.bias"):
         load_params(model, {**good, "logits": {"kernel": good["logits"]["kernel"]}})
-    with pytest.raises(DistillError, match="unexpected 'hidden_9.kernel'"):
+    with refused("unexpected 'hidden_9.kernel'"):
         load_params(model, {**good, "hidden_9": {"kernel": np.zeros(1)}})
-    with pytest.raises(DistillError, match="hidden_0.bias holds NaN"):
+    with refused("hidden_0.bias holds NaN"):
         load_params(model, {**good, "hidden_0": {**good["hidden_0"], "bias": np.full(3, np.nan)}})
-    with pytest.raises(DistillError, match=r"expects inputs \(B, 4\)"):
+    with refused(r"expects inputs \(B, 4\)"):
         model(jnp.zeros((2, 5)))
+    with refused(r"param logits.kernel has shape \(3, 3\) but the network expects \(3, 2\)"):
+        Network(spec, params={**good, "logits": {**good["logits"], "kernel": np.zeros((3, 3))}})
 
 
 def test_spec_is_a_fresh_canonical_dict():
-    model = Network(_mutate(("layers", 3, "in_features"), 1152))
+    model = nnx.eval_shape(lambda: Network(_mutate(("layers", 3, "in_features"), 1152)))
     spec = model.spec
     spec["layers"].clear()
     assert len(model.spec["layers"]) == 4
     assert model.spec["layers"][1]["type"] == "maxpool"
+
+
+def test_gradients_flow_through_every_layer_in_train_mode():
+    model, _ = built(cnn_test_spec())
+    model.train()
+    x = jnp.asarray(X_CNN)
+
+    @nnx.jit
+    def grads_of(m):  # train mode: BatchNorm uses (and updates) batch statistics
+        return nnx.grad(lambda m: jnp.mean(m(x) ** 2))(m)
+
+    grads = nnx.to_pure_dict(grads_of(model))
+    assert set(grads) == {"conv_0", "bn_0", "conv_1", "hidden_0", "bn_1", "logits"}
+    for name, leaves in grads.items():
+        for key, g in leaves.items():
+            g = np.asarray(g)
+            assert np.all(np.isfinite(g)) and np.abs(g).max() > 0, f"{name}.{key}"

@@ -25,7 +25,7 @@ from distill.errors import DistillError
 from distill.nn import param_count
 from distill.teachers.frozen import frozen_activations
 from distill.teachers.network import Network
-from distill.teachers.network import _activation_fn as activation_fn
+from distill.teachers.network import _activation_fn as activation_fn  # the spec activation table
 
 __all__ = ["MirrorStudent", "PostActivation", "HiddenLayer", "hidden_layers", "TeacherLayers", "teacher_layers",
            "build_mirror", "layer_params", "mirror_param_count", "LayerFit"]

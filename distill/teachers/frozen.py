@@ -1,9 +1,9 @@
 """Frozen, batched, gradient-free forward passes of a teacher over a whole split.
 
 A teacher is either native — a `distill.teachers.network.Network` run by JAX (jitted, can be
-differentiated through, activations by layer name) — or a black box: an object with
-`logits(x) -> np.ndarray` (e.g. an ONNX graph run by onnxruntime) and optionally
-`outputs(x, names) -> {name: np.ndarray}`.
+differentiated through, activations by layer name) — or a black box: a callable
+x (B, n_features) → logits np.ndarray (e.g. an ONNX graph run by onnxruntime) with
+`n_features`, `n_classes`, `input_shape` and optionally `outputs(x, names) -> {name: np.ndarray}`.
 
 Using the teacher frozen: the teacher is never trained by distillation. Either call it
 outside of any ``jax.grad`` (precompute its outputs once with :func:`frozen_logits` /
@@ -28,7 +28,7 @@ __all__ = ["frozen_logits", "frozen_activations", "is_native"]
 
 
 def is_native(teacher) -> bool:
-    """Whether `teacher` is an nnx module run by JAX (else a black box with `logits(x)`)."""
+    """Whether `teacher` is an nnx module run by JAX (else a callable black box)."""
     return isinstance(teacher, nnx.Module)
 
 
@@ -86,7 +86,7 @@ def frozen_logits(teacher, x, batch_size: int = 4096) -> np.ndarray:
         bs, starts = _batches(x.shape[0], batch_size)
         if x.shape[0] == 0:
             return np.zeros((0, teacher.n_classes), np.float32)
-        return np.concatenate([np.asarray(teacher.logits(x[s: s + bs]), np.float32) for s in starts])
+        return np.concatenate([np.asarray(teacher(x[s: s + bs]), np.float32) for s in starts])
     return _run_native(teacher, x, ("logits",), batch_size)["logits"]
 
 

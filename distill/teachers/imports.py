@@ -96,8 +96,8 @@ def _native(spec: dict, params: dict) -> Network:
 
 class FunctionTeacher:
     """A teacher given as a plain Python function x (N, H*W*C) in [0, 1] → logits (N, classes):
-    a black box (its logits are computed once per input and cached by the caller, never
-    differentiated). `input_shape` is (H, W, C)."""
+    a black box (its logits are computed once per input by the caller, never differentiated).
+    `input_shape` is (H, W, C)."""
 
     def __init__(self, fn: Callable, input_shape: tuple[int, int, int], n_classes: int):
         self._fn = fn
@@ -108,7 +108,7 @@ class FunctionTeacher:
     def n_features(self) -> int:
         return int(np.prod(self.input_shape))
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         out = np.asarray(self._fn(x), dtype=np.float32)
         if out.shape != (x.shape[0], self.n_classes):
             raise DistillError(f"the teacher function returned shape {out.shape} for {x.shape[0]} inputs; it must "

@@ -330,6 +330,19 @@ def layer_output_shape(layer: dict, shape: tuple, after: str = "the input") -> t
     return tuple(shape)
 
 
+def _raw_output_shape(raw: dict, shape: tuple | None, index: int = 0) -> tuple | None:
+    """Output shape of an unnamed importer layer (its "params" ignored), for importers that
+    need the running shape (e.g. to resolve "same" padding); None when it does not fit, so that
+    :func:`assemble_spec` reports the problem with the final layer names."""
+    if shape is None:
+        return None
+    try:
+        layer = _check_layer({k: v for k, v in raw.items() if k != "params"} | {"name": f"layer_{index}"}, index)
+        return layer_output_shape(layer, shape)
+    except DistillError:
+        return None
+
+
 def check_spec(spec: Any) -> tuple[dict, list[tuple]]:
     """Validate a network spec; returns (canonical spec, per-layer output shapes).
 
@@ -461,14 +474,16 @@ class Network(nnx.Module):
     ``("hidden_0", "kernel")``. The module starts in evaluation mode (BatchNorm uses its
     running statistics, Dropout is the identity); ``model.train()`` switches BatchNorm to batch
     statistics (updating the running ones) and turns Dropout on, ``model.eval()`` back.
-    Weights start from flax's default initialisers; use :func:`load_params` to copy trained
-    ones in. Data layout inside is NHWC; see the module docstring for the spec.
+    Weights start from ``params`` ({layer: {param: array}}, see :func:`load_params`) when
+    given (e.g. an importer's output), else from flax's default initialisers (``rngs``,
+    default ``nnx.Rngs(0)``). Data layout inside is NHWC; see the module docstring for the spec.
 
     Raises:
-        DistillError: when ``spec`` is invalid (see :func:`check_spec`).
+        DistillError: when ``spec`` is invalid (see :func:`check_spec`) or ``params`` do not
+            fit it (see :func:`load_params`).
     """
 
-    def __init__(self, spec: dict, *, rngs: nnx.Rngs | None = None):
+    def __init__(self, spec: dict, *, rngs: nnx.Rngs | None = None, params: dict | None = None):
         spec, shapes = check_spec(spec)
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self._spec_json = json.dumps(spec)  # static (hashable) attribute of the graphdef
@@ -476,9 +491,11 @@ class Network(nnx.Module):
         self._input_shape = (inp["height"], inp["width"], inp["channels"])
         self._n_classes = int(shapes[-1][0])
         for layer in spec["layers"]:
-            module = _make_module(layer, rngs)
+            module = _make_module(layer, rngs, random_init=params is None)
             if module is not None:
                 setattr(self, layer["name"], module)
+        if params is not None:
+            load_params(self, params)
 
     @property
     def spec(self) -> dict:
@@ -511,12 +528,20 @@ class Network(nnx.Module):
         return tuple(names) if names[-1] == "logits" else (*names, "logits")
 
     def __call__(self, x: Array) -> Array:
-        """Logits (B, n_classes) of x (B, H*W*C)."""
+        """Logits (B, n_classes) of x (B, H*W*C).
+
+        Raises:
+            DistillError: x is not (B, H*W*C).
+        """
         return self._forward(x, None)
 
     def activations(self, x: Array) -> dict[str, Array]:
         """Every layer's output by name in forward order (images NHWC (B, H, W, C), flat ones
-        (B, F)), ``<name>.pre`` before a fused activation, and ``logits`` (B, n_classes)."""
+        (B, F)), ``<name>.pre`` before a fused activation, and ``logits`` (B, n_classes).
+
+        Raises:
+            DistillError: x is not (B, H*W*C).
+        """
         out: dict[str, Array] = {}
         out["logits"] = self._forward(x, out)
         return {k: out[k] for k in self.activation_names}
@@ -541,14 +566,17 @@ class Network(nnx.Module):
         return y
 
 
-def _make_module(layer: dict, rngs: nnx.Rngs) -> nnx.Module | None:
+def _make_module(layer: dict, rngs: nnx.Rngs, random_init: bool) -> nnx.Module | None:
+    """The flax module of a param-holding layer (None for the others). Without random_init the
+    weights start at zero (cheap: no random kernels to compile) for params to overwrite."""
     kind = layer["type"]
+    init = {} if random_init else {"kernel_init": nnx.initializers.zeros_init()}
     if kind == "dense":
-        return nnx.Linear(layer["in_features"], layer["out_features"], use_bias=layer["bias"], rngs=rngs)
+        return nnx.Linear(layer["in_features"], layer["out_features"], use_bias=layer["bias"], rngs=rngs, **init)
     if kind == "conv":
         return nnx.Conv(layer["in_channels"], layer["out_channels"], tuple(layer["kernel"]),
                         tuple(layer["stride"]), padding=tuple(tuple(p) for p in layer["padding"]),
-                        use_bias=layer["bias"], rngs=rngs)
+                        use_bias=layer["bias"], rngs=rngs, **init)
     if kind == "batchnorm":
         return nnx.BatchNorm(layer["features"], use_running_average=True, momentum=layer["momentum"],
                              epsilon=layer["eps"], rngs=rngs)

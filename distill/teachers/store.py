@@ -38,8 +38,8 @@ def _arrays(model: Network) -> nnx.State:
 
 
 def save_teacher(teacher, path: str | Path, metadata: dict) -> None:
-    """Atomically write `teacher` (a native `Network`, or a black-box ONNX teacher with an
-    `onnx_bytes` attribute) and `metadata` (JSON values) as a teacher checkpoint folder `path`;
+    """Atomically write `teacher` (a native `Network`, or a black-box ONNX teacher: anything with
+    an `onnx_bytes` property) and `metadata` (JSON values) as a teacher checkpoint folder `path`;
     an existing teacher checkpoint there is replaced.
     Raises: DistillError for a teacher of another kind or metadata that is not JSON."""
     if metadata is None:
