@@ -7,6 +7,7 @@ one-draw Gaussian init, the exact-norm rescale).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -43,17 +44,42 @@ def _draw_scaled(
     `norm(arrays)` (the Frobenius norm of the weight they represent) equals `target`.
 
     The factor is spread evenly: each array is multiplied by (target / norm)^{1/len(shapes)}.
+    One jitted computation (one compile per layer shape, instead of one per eager op).
     """
+    shapes = tuple(tuple(int(n) for n in shape) for shape in shapes)
+    return list(_draw_scaled_jit(rngs.params(), target, shapes, jnp.dtype(dtype), norm))
+
+
+@functools.partial(jax.jit, static_argnames=("shapes", "dtype", "norm"))
+def _draw_scaled_jit(key, target, shapes, dtype, norm):
     sizes = [math.prod(shape) for shape in shapes]
-    # one draw sliced into arrays: a random.normal per shape costs a compile each
-    flat = jax.random.normal(rngs.params(), (sum(sizes),), dtype)
+    flat = jax.random.normal(key, (sum(sizes),), dtype)
     ends = np.cumsum(sizes)
     raw = [
         jnp.reshape(flat[end - size : end], shape)
         for end, size, shape in zip(ends, sizes, shapes)
     ]
-    scale = (target / norm(raw)) ** (1.0 / len(raw))
-    return [scale * a for a in raw]
+    scale = (jnp.asarray(target, dtype) / norm(raw)) ** (1.0 / len(raw))
+    return tuple(scale * a for a in raw)
+
+
+def _abstract(build: Callable[[], nnx.Module]) -> nnx.Module:
+    """The module `build` makes, with shapes only (nnx.eval_shape): a warm start fills every
+    parameter with `_set`, so nothing is drawn or compiled for the random init."""
+    return nnx.eval_shape(build)
+
+
+def _set(param: nnx.Param, value, dtype) -> None:
+    """Fill a parameter of an `_abstract` module with `value` cast to `dtype`."""
+    value = jnp.asarray(value, dtype)
+    if tuple(value.shape) != tuple(param.shape):
+        raise AssertionError(f"warm-start value {value.shape} for a parameter of shape {param.shape}")
+    param.set_value(value)
+
+
+def _add_bias(y: Array, bias: Array) -> Array:
+    """y (..., n) + bias (n,), broadcast explicitly (works under jax_numpy_rank_promotion=raise)."""
+    return y + jnp.reshape(bias, (1,) * (y.ndim - 1) + tuple(bias.shape))
 
 
 def _dense_target(in_features: int, out_features: int, activation: str | None) -> float:
@@ -198,13 +224,13 @@ class CPLinear(nnx.Module):
             W, in_modes, out_modes, rank, n_iter_max=n_iter_max, tol=tol, seed=seed,
             dtype=np.float64,
         )
-        layer = cls(
+        layer = _abstract(lambda: cls(
             n_in, n_out, in_modes=in_modes, out_modes=out_modes, rank=rank,
             activation=activation, dtype=dtype, rngs=nnx.Rngs(0),
-        )
+        ))
         for param, f in zip(list(layer.in_factors) + list(layer.out_factors), in_f + out_f):
-            param[...] = jnp.asarray(f, dtype)
-        layer.bias[...] = jnp.asarray(b, dtype)
+            _set(param, f, dtype)
+        _set(layer.bias, b, dtype)
         return layer
 
     def to_dense(self) -> Array:
@@ -218,7 +244,7 @@ class CPLinear(nnx.Module):
             [f[...] for f in self.in_factors], [f[...] for f in self.out_factors],
             x.astype(self.dtype),
         )
-        return _apply_activation(self.activation, y + self.bias[...])
+        return _apply_activation(self.activation, _add_bias(y, self.bias[...]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -306,17 +332,17 @@ class CPConv(nnx.Module):
         kernel, bias = _conv_operands("CPConv", kernel, bias)
         rank = _check_width("CPConv", "rank", rank)
         kh, kw, c_in, c_out = kernel.shape
-        layer = cls(
+        layer = _abstract(lambda: cls(
             c_in, c_out, (kh, kw), rank=rank, strides=strides, padding=padding,
             separable=separable, activation=activation, dtype=dtype, rngs=nnx.Rngs(0),
-        )
+        ))
         factors = cp_lib.cp_decompose_kernel(
             kernel, rank, separable=layer.separable, n_iter_max=n_iter_max, tol=tol, seed=seed,
             dtype=np.float64,
         )
         for param, f in zip(layer.factors, factors):
-            param[...] = jnp.asarray(f, dtype)
-        layer.bias[...] = jnp.asarray(bias, dtype)
+            _set(param, f, dtype)
+        _set(layer.bias, bias, dtype)
         return layer
 
     def to_kernel(self) -> Array:
@@ -330,4 +356,4 @@ class CPConv(nnx.Module):
             x.astype(self.dtype), [f[...] for f in self.factors], kernel_size=self.kernel_size,
             strides=self.strides, padding=self.padding,
         )
-        return _apply_activation(self.activation, y + self.bias[...])
+        return _apply_activation(self.activation, _add_bias(y, self.bias[...]))

@@ -18,6 +18,8 @@ from distill.nn.common import (
     _dense_operands,
 )
 from distill.nn.cp import (
+    _abstract,
+    _add_bias,
     _check_features,
     _check_image,
     _conv_operands,
@@ -25,6 +27,7 @@ from distill.nn.cp import (
     _conv_target,
     _dense_target,
     _draw_scaled,
+    _set,
 )
 from distill.tn import cp as cp_lib
 from distill.tn import tr as tr_lib
@@ -137,13 +140,13 @@ class TRLinear(nnx.Module):
         in_c, out_c = tr_lib.tr_decompose_dense(
             W, in_modes, out_modes, rank=rank, eps=eps, start=start, dtype=np.float64
         )
-        layer = cls(
+        layer = _abstract(lambda: cls(
             n_in, n_out, in_modes=in_modes, out_modes=out_modes, rank=tr_lib.tr_ranks(in_c + out_c),
             activation=activation, dtype=dtype, rngs=nnx.Rngs(0),
-        )
+        ))
         for param, core in zip(list(layer.in_cores) + list(layer.out_cores), in_c + out_c):
-            param[...] = jnp.asarray(core, dtype)
-        layer.bias[...] = jnp.asarray(b, dtype)
+            _set(param, core, dtype)
+        _set(layer.bias, b, dtype)
         return layer
 
     def to_dense(self) -> Array:
@@ -156,7 +159,7 @@ class TRLinear(nnx.Module):
         y = tr_lib.tr_matvec(
             [c[...] for c in self.in_cores], [c[...] for c in self.out_cores], x.astype(self.dtype)
         )
-        return _apply_activation(self.activation, y + self.bias[...])
+        return _apply_activation(self.activation, _add_bias(y, self.bias[...]))
 
 
 class TRConv(nnx.Module):
@@ -258,15 +261,15 @@ class TRConv(nnx.Module):
         in_c, spatial, out_c = tr_lib.tr_decompose_kernel(
             kernel, in_modes, out_modes, rank=rank, eps=eps, start=start, dtype=np.float64
         )
-        layer = cls(
+        layer = _abstract(lambda: cls(
             c_in, c_out, (kh, kw), in_modes=in_modes, out_modes=out_modes,
             rank=tr_lib.tr_ranks(in_c + [spatial] + out_c), strides=strides, padding=padding,
             activation=activation, dtype=dtype, rngs=nnx.Rngs(0),
-        )
+        ))
         for param, core in zip(list(layer.in_cores) + list(layer.out_cores), in_c + out_c):
-            param[...] = jnp.asarray(core, dtype)
-        layer.spatial_core[...] = jnp.asarray(spatial, dtype)
-        layer.bias[...] = jnp.asarray(bias, dtype)
+            _set(param, core, dtype)
+        _set(layer.spatial_core, spatial, dtype)
+        _set(layer.bias, bias, dtype)
         return layer
 
     def to_kernel(self) -> Array:
@@ -284,4 +287,4 @@ class TRConv(nnx.Module):
             [c[...] for c in self.out_cores], kernel_size=self.kernel_size,
             strides=self.strides, padding=self.padding,
         )
-        return _apply_activation(self.activation, y + self.bias[...])
+        return _apply_activation(self.activation, _add_bias(y, self.bias[...]))

@@ -18,6 +18,8 @@ from distill.nn.common import (
     _dense_operands,
 )
 from distill.nn.cp import (
+    _abstract,
+    _add_bias,
     _check_features,
     _check_image,
     _conv_operands,
@@ -25,6 +27,7 @@ from distill.nn.cp import (
     _conv_target,
     _dense_target,
     _draw_scaled,
+    _set,
 )
 from distill.tn import tucker as tk_lib
 
@@ -120,14 +123,14 @@ class Tucker2Linear(nnx.Module):
         rank = _check_width("Tucker2Linear", "rank", rank)
         method = _check_method("Tucker2Linear", method)
         U_in, core, U_out = tk_lib.tucker2_decompose_dense(W, rank, method=method, dtype=np.float64)
-        layer = cls(
+        layer = _abstract(lambda: cls(
             W.shape[1], W.shape[0], rank=core.shape[0], activation=activation, dtype=dtype,
             rngs=nnx.Rngs(0),
-        )
-        layer.U_in[...] = jnp.asarray(U_in, dtype)
-        layer.core[...] = jnp.asarray(core, dtype)
-        layer.U_out[...] = jnp.asarray(U_out, dtype)
-        layer.bias[...] = jnp.asarray(b, dtype)
+        ))
+        _set(layer.U_in, U_in, dtype)
+        _set(layer.core, core, dtype)
+        _set(layer.U_out, U_out, dtype)
+        _set(layer.bias, b, dtype)
         return layer
 
     def to_dense(self) -> Array:
@@ -138,7 +141,7 @@ class Tucker2Linear(nnx.Module):
         """x (..., N_in) → (..., N_out)."""
         _check_features("Tucker2Linear", x, self.in_features)
         y = tk_lib.tucker2_matvec(self.U_in[...], self.core[...], self.U_out[...], x.astype(self.dtype))
-        return _apply_activation(self.activation, y + self.bias[...])
+        return _apply_activation(self.activation, _add_bias(y, self.bias[...]))
 
 
 class Tucker2Conv(nnx.Module):
@@ -216,17 +219,17 @@ class Tucker2Conv(nnx.Module):
         kernel, bias = _conv_operands("Tucker2Conv", kernel, bias)
         method = _check_method("Tucker2Conv", method)
         kh, kw, c_in, c_out = kernel.shape
-        layer = cls(
+        layer = _abstract(lambda: cls(
             c_in, c_out, (kh, kw), rank=rank, strides=strides, padding=padding,
             activation=activation, dtype=dtype, rngs=nnx.Rngs(0),
-        )
+        ))
         U_in, core, U_out = tk_lib.tucker2_decompose_kernel(
             kernel, layer.ranks, method=method, dtype=np.float64
         )
-        layer.U_in[...] = jnp.asarray(U_in, dtype)
-        layer.core[...] = jnp.asarray(core, dtype)
-        layer.U_out[...] = jnp.asarray(U_out, dtype)
-        layer.bias[...] = jnp.asarray(bias, dtype)
+        _set(layer.U_in, U_in, dtype)
+        _set(layer.core, core, dtype)
+        _set(layer.U_out, U_out, dtype)
+        _set(layer.bias, bias, dtype)
         return layer
 
     def to_kernel(self) -> Array:
@@ -240,4 +243,4 @@ class Tucker2Conv(nnx.Module):
             x.astype(self.dtype), self.U_in[...], self.core[...], self.U_out[...],
             strides=self.strides, padding=self.padding,
         )
-        return _apply_activation(self.activation, y + self.bias[...])
+        return _apply_activation(self.activation, _add_bias(y, self.bias[...]))
