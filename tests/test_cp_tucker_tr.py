@@ -319,11 +319,13 @@ def test_tr_svd_reconstructs_an_exact_ring_from_every_start(shape, ranks):
             assert cores[(start - 1) % d].shape[2] == cores[start].shape[0]
 
 
-def test_tr_svd_with_a_train_shaped_ring_and_its_ranks_as_caps_is_exact():
+@pytest.mark.parametrize("ranks,start", [((1, 3, 4, 2), 0), ((3, 4, 1, 2), 2)])
+def test_tr_svd_with_a_train_shaped_ring_and_its_ranks_as_caps_is_exact(ranks, start):
+    """A ring with a bond of size 1 is a tensor train; started there, TR-SVD is TT-SVD and the
+    generating ranks as per-bond caps (rotated with the start) reproduce it exactly."""
     with jax.enable_x64(True):
-        ranks = (1, 3, 4, 2)  # r_0 = 1: a tensor train closed through a bond of size 1
         T = np.asarray(tr.tr_reconstruct(random_ring(np.random.default_rng(17), (4, 5, 6, 3), ranks)))
-        cores = tr.tr_decompose(T, rank=ranks, start=0)
+        cores = tr.tr_decompose(T, rank=ranks, start=start)
         assert tr.tr_ranks(cores) == ranks
         assert rel(tr.tr_reconstruct(cores), T) < 1e-12
 

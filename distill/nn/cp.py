@@ -155,6 +155,9 @@ class CPLinear(nnx.Module):
     entries), i.e. σ² = (v/R)^{1/(N+M)}; but one draw of such a product fluctuates far from
     its mean, so (as TTLinear) the factors are drawn N(0, 1) and all rescaled by one common
     factor that makes ‖W‖_F² = v·N_in·N_out exactly (`tn.cp.cp_norm`, W never formed).
+
+    Raises: DistillError for bad widths, modes, rank or activation, and when called on an input
+    whose last axis is not N_in.
     """
 
     def __init__(
@@ -205,8 +208,8 @@ class CPLinear(nnx.Module):
         rank: int,
         activation: str | None = None,
         dtype=jnp.float32,
-        n_iter_max: int = 500,
-        tol: float = 1e-8,
+        n_iter_max: int = 200,
+        tol: float = 1e-6,
         seed: int = 0,
     ) -> "CPLinear":
         """Warm start by CP-ALS (`tn.cp.cp_decompose_dense`) of y = act(W x + b), W (N_out, N_in).
@@ -267,6 +270,9 @@ class CPConv(nnx.Module):
     Init (zero bias): a conv init has Var(K) = v with fan-in kh·kw·C_in (He 2/fan-in for
     relu/gelu, LeCun 1/fan-in otherwise, nnx.Conv's default); factors drawn N(0, 1) and
     rescaled by one common factor to ‖K‖_F² = v·kh·kw·C_in·C_out exactly (see CPLinear).
+
+    Raises: DistillError for bad widths, kernel_size, rank, strides, padding or activation, and
+    when called on an input that is not (B, H, W, C_in).
     """
 
     def __init__(
@@ -320,8 +326,8 @@ class CPConv(nnx.Module):
         separable: bool = True,
         activation: str | None = None,
         dtype=jnp.float32,
-        n_iter_max: int = 500,
-        tol: float = 1e-8,
+        n_iter_max: int = 200,
+        tol: float = 1e-6,
         seed: int = 0,
     ) -> "CPConv":
         """Warm start by CP-ALS (`tn.cp.cp_decompose_kernel`) of a conv kernel (kh, kw, C_in,

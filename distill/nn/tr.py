@@ -69,6 +69,9 @@ class TRLinear(nnx.Module):
     choice of every bond index, each a product of N + M independent entries); as TTLinear the
     cores are drawn N(0, 1) and rescaled by one common factor to ‖W‖_F² = v·N_in·N_out exactly
     (`tn.tr.tr_norm`, W never formed).
+
+    Raises: DistillError for bad widths, modes, rank or activation, and when called on an input
+    whose last axis is not N_in.
     """
 
     def __init__(
@@ -179,6 +182,9 @@ class TRConv(nnx.Module):
     Init (zero bias): a conv init has Var(K) = v with fan-in kh·kw·C_in (He 2/fan-in for
     relu/gelu, LeCun 1/fan-in otherwise); cores drawn N(0, 1) and rescaled by one common factor
     to ‖K‖_F² = v·kh·kw·C_in·C_out exactly (see TRLinear).
+
+    Raises: DistillError for bad widths, modes, kernel_size, rank, strides, padding or
+    activation, and when called on an input that is not (B, H, W, C_in).
     """
 
     def __init__(

@@ -71,6 +71,9 @@ class Tucker2Linear(nnx.Module):
     a product of three independent entries), i.e. σ² = (v/r²)^{1/3}; as TTLinear the arrays are
     drawn N(0, 1) and rescaled by one common factor to ‖W‖_F² = v·N_in·N_out exactly
     (`tn.tucker.tucker_norm`, W never formed).
+
+    Raises: DistillError for bad widths, rank or activation, and when called on an input whose
+    last axis is not N_in.
     """
 
     def __init__(
@@ -158,6 +161,9 @@ class Tucker2Conv(nnx.Module):
     Init (zero bias): a conv init has Var(K) = v with fan-in kh·kw·C_in (He 2/fan-in for
     relu/gelu, LeCun 1/fan-in otherwise); arrays drawn N(0, 1) and rescaled by one common factor
     to ‖K‖_F² = v·kh·kw·C_in·C_out exactly (see Tucker2Linear).
+
+    Raises: DistillError for bad widths, kernel_size, rank, strides, padding or activation, and
+    when called on an input that is not (B, H, W, C_in).
     """
 
     def __init__(

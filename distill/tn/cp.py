@@ -130,8 +130,8 @@ def cp_decompose(
     T,
     rank: int,
     *,
-    n_iter_max: int = 500,
-    tol: float = 1e-8,
+    n_iter_max: int = 200,
+    tol: float = 1e-6,
     seed: int = 0,
     dtype=None,
 ) -> list[np.ndarray]:
@@ -140,7 +140,9 @@ def cp_decompose(
     Returns factors A_m (n_m, R), weights absorbed evenly (module docstring), numpy arrays of
     `dtype` (default T's floating dtype); ALS runs in numpy float64. Stops when the exact
     relative error ‖T − T̂‖_F/‖T‖_F is ≤ 1e-13 (an exact fit), or falls by less than `tol`
-    (relative to itself) in one sweep, or after `n_iter_max` sweeps. `seed` fixes the random
+    (relative to itself) in one sweep, or after `n_iter_max` sweeps. A sweep costs about
+    (d + 1)·∏ n_m·R multiply-adds (d MTTKRPs and the exact error): ~0.16 s for a 784×512
+    weight in 8 modes at R = 16 on one CPU core. `seed` fixes the random
     columns the SVD init adds when R exceeds a mode's size. The best rank-R CP may not exist
     (seed 004 Lemma 1.1.1): for a tensor that is not of rank ≤ R, ALS finds a local fit.
     Raises: DistillError for a rank < 1, a tensor of order < 2, or bad limits.
