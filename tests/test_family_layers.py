@@ -42,7 +42,8 @@ def dense_layer(name, dtype=F64, activation=None, seed=0):
 def conv_layer(name, strides=1, padding="SAME", dtype=F64, activation=None, seed=0):
     """A 6 → 4 channel, 3×2 kernel conv of family `name` with a random init and bias."""
     rngs = nnx.Rngs(seed)
-    common = dict(strides=strides, padding=padding, activation=activation, dtype=dtype, rngs=rngs)
+    common = {"strides": strides, "padding": padding, "activation": activation, "dtype": dtype,
+              "rngs": rngs}
     if name == "cp":
         layer = CPConv(6, 4, (3, 2), rank=3, **common)
     elif name == "cp-joint":
@@ -215,7 +216,7 @@ def test_warm_starts_reproduce_exactly_representable_conv_teachers(strides, padd
         b = rng.normal(size=4)
         K_cp = np.einsum("hk,wk,ck,fk->hwcf", *[rng.normal(size=(n, 3)) for n in (3, 2, 6, 4)])
         K_any = rng.normal(size=(3, 2, 6, 4))
-        common = dict(strides=strides, padding=padding, dtype=F64)
+        common = {"strides": strides, "padding": padding, "dtype": F64}
         cases = [
             (K_cp, CPConv.from_conv(K_cp, b, rank=3, n_iter_max=3000, tol=1e-12, **common)),
             (K_cp, CPConv.from_conv(K_cp, b, rank=3, separable=False, n_iter_max=3000, tol=1e-12, **common)),
@@ -270,8 +271,10 @@ def check_gradient_by_central_differences(layer, x, seed):
         analytic = jnp.vdot(g_x, u)
         for a, b in zip(jax.tree.leaves(g_params), jax.tree.leaves(v)):
             analytic = analytic + jnp.vdot(a, b)
-        shifted = [loss(jax.tree.map(lambda p, d: p + t * d, params, v), x + t * u) for t in (h, -h)]
-        return analytic, (shifted[0] - shifted[1]) / (2 * h)
+        def at(t):
+            return loss(jax.tree.map(lambda p, d: p + t * d, params, v), x + t * u)
+
+        return analytic, (at(h) - at(-h)) / (2 * h)
 
     analytic, numeric = both(params, x)
     np.testing.assert_allclose(float(numeric), float(analytic), rtol=1e-6, atol=1e-8)

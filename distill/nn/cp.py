@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ from distill.nn.common import (
 from distill.tn import cp as cp_lib
 from distill.tn import tucker as tk_lib
 
-__all__ = ["CPLinear", "CPConv"]
+__all__ = ["CPConv", "CPLinear"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ class CPLinear(nnx.Module):
         n_iter_max: int = 200,
         tol: float = 1e-6,
         seed: int = 0,
-    ) -> "CPLinear":
+    ) -> CPLinear:
         """Warm start by CP-ALS (`tn.cp.cp_decompose_dense`) of y = act(W x + b), W (N_out, N_in).
 
         For an nnx.Linear pass `W = linear.kernel[...].T`. n_iter_max, tol, seed: as
@@ -329,7 +329,7 @@ class CPConv(nnx.Module):
         n_iter_max: int = 200,
         tol: float = 1e-6,
         seed: int = 0,
-    ) -> "CPConv":
+    ) -> CPConv:
         """Warm start by CP-ALS (`tn.cp.cp_decompose_kernel`) of a conv kernel (kh, kw, C_in,
         C_out) (HWIO, an nnx.Conv's `kernel[...]`) and bias (C_out,) or None.
 

@@ -3,7 +3,7 @@ convolution whose weights are rings of 3-way cores, never formed. Math in `disti
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -32,7 +32,7 @@ from distill.nn.cp import (
 from distill.tn import cp as cp_lib
 from distill.tn import tr as tr_lib
 
-__all__ = ["TRLinear", "TRConv"]
+__all__ = ["TRConv", "TRLinear"]
 
 
 def _ring_ranks(layer: str, rank, d: int) -> tuple[int, ...]:
@@ -124,7 +124,7 @@ class TRLinear(nnx.Module):
         start: int | None = None,
         activation: str | None = None,
         dtype=jnp.float32,
-    ) -> "TRLinear":
+    ) -> TRLinear:
         """Warm start by TR-SVD (`tn.tr.tr_decompose_dense`) of y = act(W x + b), W (N_out, N_in).
 
         For an nnx.Linear pass `W = linear.kernel[...].T`. `rank` caps every bond (or one cap
@@ -249,7 +249,7 @@ class TRConv(nnx.Module):
         padding="SAME",
         activation: str | None = None,
         dtype=jnp.float32,
-    ) -> "TRConv":
+    ) -> TRConv:
         """Warm start by TR-SVD (`tn.tr.tr_decompose_kernel`) of a conv kernel (kh, kw, C_in,
         C_out) (HWIO, an nnx.Conv's `kernel[...]`) and bias (C_out,) or None.
 

@@ -3,7 +3,7 @@ and a convolution 1×1 → kh×kw → 1×1, never forming W or K. Math in `disti
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +31,7 @@ from distill.nn.cp import (
 )
 from distill.tn import tucker as tk_lib
 
-__all__ = ["Tucker2Linear", "Tucker2Conv"]
+__all__ = ["Tucker2Conv", "Tucker2Linear"]
 
 
 def _check_method(layer: str, method) -> str:
@@ -114,7 +114,7 @@ class Tucker2Linear(nnx.Module):
         method: str = "hooi",
         activation: str | None = None,
         dtype=jnp.float32,
-    ) -> "Tucker2Linear":
+    ) -> Tucker2Linear:
         """Warm start by Tucker-2 (`tn.tucker.tucker2_decompose_dense`, HOOI or HOSVD) of
         y = act(W x + b), W (N_out, N_in). For a matrix both give the truncated SVD
         (U_in = V_r, core = diag(σ_1..σ_r), U_out = U_r), the best rank-r fit.
@@ -215,7 +215,7 @@ class Tucker2Conv(nnx.Module):
         method: str = "hooi",
         activation: str | None = None,
         dtype=jnp.float32,
-    ) -> "Tucker2Conv":
+    ) -> Tucker2Conv:
         """Warm start by Tucker-2 of the channel modes (`tn.tucker.tucker2_decompose_kernel`,
         HOOI or HOSVD) of a conv kernel (kh, kw, C_in, C_out) (HWIO, an nnx.Conv's `kernel[...]`)
         and bias (C_out,) or None.

@@ -36,7 +36,7 @@ i/j in/out feature (flattened modes) · q the modes merged so far · k CP rank.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -55,15 +55,15 @@ from distill.tn.tucker import (
 )
 
 __all__ = [
-    "cp_reconstruct",
-    "cp_decompose",
-    "cp_norm",
-    "cp_to_dense",
-    "cp_matvec",
-    "cp_decompose_dense",
-    "cp_to_kernel",
     "cp_conv",
+    "cp_decompose",
+    "cp_decompose_dense",
     "cp_decompose_kernel",
+    "cp_matvec",
+    "cp_norm",
+    "cp_reconstruct",
+    "cp_to_dense",
+    "cp_to_kernel",
     "resolve_layer_modes",
 ]
 

@@ -40,8 +40,9 @@ copies in norms) · q the modes merged so far.
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -58,16 +59,16 @@ from distill.tn.tucker import (
 )
 
 __all__ = [
-    "tr_reconstruct",
-    "tr_decompose",
-    "tr_ranks",
-    "tr_norm",
-    "tr_to_dense",
-    "tr_matvec",
-    "tr_decompose_dense",
-    "tr_to_kernel",
     "tr_conv",
+    "tr_decompose",
+    "tr_decompose_dense",
     "tr_decompose_kernel",
+    "tr_matvec",
+    "tr_norm",
+    "tr_ranks",
+    "tr_reconstruct",
+    "tr_to_dense",
+    "tr_to_kernel",
 ]
 
 
@@ -89,7 +90,7 @@ def _check_chain(cores: Sequence, what: str, closed: bool) -> None:
             raise DistillError(
                 f"{what}: core {k} must have shape (r_left, n, r_right), got {tuple(core.shape)}"
             )
-    pairs = list(zip(cores[:-1], cores[1:])) + ([(cores[-1], cores[0])] if closed else [])
+    pairs = list(itertools.pairwise(cores)) + ([(cores[-1], cores[0])] if closed else [])
     for k, (left, right) in enumerate(pairs):
         if left.shape[2] != right.shape[0]:
             raise DistillError(

@@ -33,7 +33,7 @@ i/j in/out feature · k in-side rank · m out-side rank (n, l its copies in norm
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,22 +43,22 @@ from jax import Array
 from distill.errors import DistillError
 
 __all__ = [
-    "tucker_reconstruct",
+    "TUCKER_METHODS",
+    "check_kernel_size",
+    "check_padding",
+    "check_strides",
+    "conv2d",
+    "resolve_padding",
+    "tucker2_conv",
+    "tucker2_decompose_dense",
+    "tucker2_decompose_kernel",
+    "tucker2_matvec",
+    "tucker2_to_dense",
+    "tucker2_to_kernel",
     "tucker_decompose",
     "tucker_max_ranks",
     "tucker_norm",
-    "tucker2_to_dense",
-    "tucker2_matvec",
-    "tucker2_decompose_dense",
-    "tucker2_to_kernel",
-    "tucker2_conv",
-    "tucker2_decompose_kernel",
-    "conv2d",
-    "resolve_padding",
-    "check_strides",
-    "check_kernel_size",
-    "check_padding",
-    "TUCKER_METHODS",
+    "tucker_reconstruct",
 ]
 
 TUCKER_METHODS = ("hooi", "hosvd")
