@@ -1,7 +1,20 @@
 """distill: distil trained neural networks into tensor-network students with JAX.
 
-Library entry points: `distill.nn` (MPS nnx.Module), `distill.tn` (pure contractions
-and feature maps), `distill.train` (loops), `distill.experiments.run.run` (the whole experiment).
+Python entry points (`distill.api`): `load_teacher`, `import_teacher`, `distil`, `load_student`,
+`load_config`. Building blocks: `distill.nn` (nnx modules: MPS, MPSHidden, TTLinear, ...),
+`distill.tn` (pure contractions, decompositions and feature maps), `distill.train` (the
+training step and loop), `distill.teachers`, `distill.students`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+_API = ("load_teacher", "import_teacher", "distil", "load_student", "load_config")
+
+
+def __getattr__(name: str):
+    # lazy: `import distill` stays light (no jax) until an entry point is used
+    if name in _API:
+        from distill import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'distill' has no attribute {name!r}")

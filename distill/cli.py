@@ -26,6 +26,12 @@ Distil a trained, frozen teacher network into a tensor-network student.
                                     the same student with several feature maps, over seeds
   distill check-map fourier --param order=2
                                     is a feature map valid (independent components/derivatives)?
+  distill import-teacher model.onnx --data fashion_mnist --out runs/my-teacher
+                                    bring a network trained elsewhere in (PyTorch state_dict + arch,
+                                    ONNX, Keras); then --set teacher.checkpoint=runs/my-teacher
+  distill evaluate RUN · distill predict RUN x.npy --out logits.npy · distill export RUN --format onnx
+                                    use a trained student
+  distill run --resume RUN          continue a run that was stopped (SIGTERM, Ctrl-C) or killed
 
 Each run writes one folder: config.yaml (the resolved config), results.json, report.md,
 training_curves.png and the teacher/ and student/ checkpoints.
@@ -74,6 +80,53 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p_cmp, "experiment YAML with a compare section, e.g. configs/compare_maps_digits.yaml")
     p_cmp.add_argument("--resume", metavar="DIR", help="continue the comparison whose --out was DIR after it was "
                        "stopped or killed; finished (map, seed) runs are not repeated")
+    p_imp = sub.add_parser(
+        "import-teacher", help="bring a network trained elsewhere in as a teacher checkpoint",
+        description="Read a trained network — a PyTorch nn.Sequential state_dict (.safetensors or .npz, with --arch "
+                    "ARCH.yaml listing its modules), an ONNX file, a Keras 3 .keras file, or a distill teacher "
+                    "folder — measure its accuracy on the dataset's test split, and write a teacher checkpoint "
+                    "folder for teacher.checkpoint. ONNX graphs that are plain chains of supported operations "
+                    "become native JAX teachers; any other graph runs as a black box through onnxruntime "
+                    "(only student.family mps can learn from it). Pickle files (.pt, .pth, .pkl, .ckpt) are "
+                    "refused.")
+    p_imp.add_argument("source", metavar="SOURCE", help="the trained network: .safetensors/.npz (+ --arch), .onnx, "
+                       ".keras, or a teacher folder")
+    p_imp.add_argument("--data", required=True, metavar="NAME", help="the dataset it was trained on: digits, "
+                       "fashion_mnist, mnist or tfds:<name> (its test split measures the imported teacher)")
+    p_imp.add_argument("--arch", metavar="ARCH.yaml", help="PyTorch state_dicts only: `layers:` mirroring the "
+                       "nn.Sequential (e.g. '- Linear: [784, 300]', '- ReLU') and an optional `input:` block "
+                       "(channels, height, width, mean, std)")
+    p_imp.add_argument("--data-dir", metavar="DIR", help="folder of the dataset's files (default: its usual place)")
+    p_imp.add_argument("--downsample", type=int, default=1, metavar="K",
+                       help="the network reads k×k average-pooled images (default 1: full size)")
+    p_imp.add_argument("--out", metavar="DIR", help="teacher folder to create (default: runs/<source name>-teacher)")
+
+    p_eval = sub.add_parser(
+        "evaluate", help="a trained student's accuracy, agreement and KL on a test split",
+        description="Load the student of RUN_DIR and measure its test accuracy on the run's dataset (or --data), "
+                    "and its agreement and KL(teacher ‖ student) with the run's teacher.")
+    p_eval.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `distill run`")
+    p_eval.add_argument("--data", metavar="NAME", help="another dataset of the same image size")
+    p_eval.add_argument("--data-dir", metavar="DIR", help="folder of that dataset's files")
+    p_eval.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    p_pred = sub.add_parser(
+        "predict", help="logits of a trained student for new images",
+        description="Load the student of RUN_DIR and write its logits for the images in INPUT.npy — (N, H, W) or "
+                    "(N, H*W), pixels in [0, 1], at the run dataset's size — to OUT.npy.")
+    p_pred.add_argument("run_dir", metavar="RUN_DIR")
+    p_pred.add_argument("inputs", metavar="INPUT.npy")
+    p_pred.add_argument("--out", required=True, metavar="OUT.npy", help="where to write the logits (N, classes)")
+
+    p_exp = sub.add_parser(
+        "export", help="write a trained student as safetensors or ONNX",
+        description="safetensors: every array of the student with its spec in the metadata. onnx: the whole "
+                    "inference function (pooling included, raw pixels in [0, 1] → logits, dynamic batch) through "
+                    "jax2onnx, checked against JAX with onnxruntime before it is written.")
+    p_exp.add_argument("run_dir", metavar="RUN_DIR")
+    p_exp.add_argument("--format", required=True, choices=["safetensors", "onnx"])
+    p_exp.add_argument("--out", metavar="FILE", help="default: RUN_DIR/student.<format>")
+
     p_chk = sub.add_parser(
         "check-map", help="validity check of one feature map (seed 000 §4)",
         description="Check that a feature map's components, and their derivatives, are linearly independent on "
@@ -123,6 +176,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                               pairing=args.pairing, pair_shift=args.pair_shift)
         print(compare.format_validity(r))
         return 0 if r.ok else 1
+    if args.command in ("import-teacher", "evaluate", "predict", "export"):
+        return _use(args)
     if args.command in ("run", "compare-maps") and args.resume is not None:
         if args.config is not None or args.overrides or args.out is not None:
             raise DistillError("--resume continues a run with the config it recorded; give no CONFIG, --set or --out")
@@ -177,6 +232,42 @@ def _dispatch(args: argparse.Namespace) -> int:
               f"{results['teacher']['params']:,} parameters")
         print(f"reuse it with: --set teacher.checkpoint={folder / 'teacher'}")
     print(f"\nrun folder: {folder}")
+    return 0
+
+
+def _use(args: argparse.Namespace) -> int:
+    from distill.experiments import use
+
+    if args.command == "import-teacher":
+        folder, info = use.import_teacher(args.source, args.data, arch=args.arch, data_dir=args.data_dir,
+                                          downsample_by=args.downsample, out=args.out)
+        for note in info["notes"]:
+            print(f"note: {note}")
+        kind = "black-box teacher (onnxruntime)" if info["black_box"] else f"{info['params']:,} parameters"
+        print(f"imported {args.source} ({info['format']}, {kind}): test accuracy on {args.data} "
+              f"{100 * info['accuracy']:.2f} %")
+        if info["layer_names"]:
+            print(f"layers: {', '.join(info['layer_names'])}")
+        print(f"teacher folder: {folder}\nuse it with: --set teacher.checkpoint={folder}")
+    elif args.command == "evaluate":
+        r = use.evaluate(args.run_dir, args.data, args.data_dir)
+        if args.json:
+            import json
+
+            print(json.dumps(r, indent=2))
+        else:
+            print(f"{r['dataset']} test split ({r['n_test']} images):")
+            print(f"  student accuracy        {100 * r['accuracy']:.2f} %")
+            if r["agreement"] is not None:
+                print(f"  teacher accuracy        {100 * r['teacher_accuracy']:.2f} %")
+                print(f"  agreement with teacher  {100 * r['agreement']:.2f} %")
+                print(f"  KL(teacher ‖ student)   {r['kl']:.4f} nats")
+    elif args.command == "predict":
+        logits = use.predict(args.run_dir, args.inputs, args.out)
+        print(f"wrote logits {logits.shape} to {args.out}")
+    else:
+        path = use.export(args.run_dir, args.format, args.out)
+        print(f"wrote {path}")
     return 0
 
 

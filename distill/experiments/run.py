@@ -52,16 +52,27 @@ def _notice_leftovers(final: Path) -> None:
             f"{path.parent / path.name.split('.partial-')[0].lstrip('.')}` or remove it")
 
 
-def get_teacher(cfg: Config, data, work: Path | None, *, progress: bool) -> Teacher:
-    """The run's teacher: loaded from teacher.checkpoint, reused from an interrupted run's folder,
-    or trained (resumably) and saved to work/teacher."""
+def given_teacher(teacher, data) -> Teacher:
+    """A teacher passed in from Python: a Network, a black box, or a plain function x → logits."""
+    from distill.experiments.common import check_teacher_fits
+
+    if not teachers.is_native(teacher) and not hasattr(teacher, "n_features"):
+        if not callable(teacher):
+            raise DistillError(f"teacher must be a distill Network, a black-box teacher or a function x → logits, "
+                               f"got {type(teacher).__name__}")
+        teacher = teachers.FunctionTeacher(teacher, (*data.image_shape, 1), data.num_classes)
+    check_teacher_fits(teacher, {}, data, where="the given teacher")
+    acc = train.losses.accuracy(teachers.frozen_logits(teacher, data.x_test), data.y_test)
+    return Teacher(teacher, None, "given from Python", {"test_accuracy": acc, "source": "given from Python"})
+
+
+def get_teacher(cfg: Config, data, work: Path | None, *, progress: bool, given=None) -> Teacher:
+    """The run's teacher: `given` (from Python), loaded from teacher.checkpoint, reused from an
+    interrupted run's folder, or trained (resumably) and saved to work/teacher."""
+    if given is not None:
+        return given_teacher(given, data)
     if cfg.teacher.checkpoint is not None:
-        keys = unused_teacher_keys(cfg)
-        teacher = load_checkpoint_teacher(cfg, data)
-        note = f"; the config's teacher.{', teacher.'.join(keys)} are not used" if keys else ""
-        say(f"teacher {teachers.describe_checkpoint(teacher.model, teacher.metadata)} (architecture from the "
-            f"checkpoint){note}")
-        return teacher
+        return load_checkpoint_teacher(cfg, data)
     saved = None if work is None else work / "teacher"
     if saved is not None and (saved / teachers.TEACHER_JSON).is_file():
         model, meta = teachers.load_teacher(saved)
@@ -75,11 +86,13 @@ def get_teacher(cfg: Config, data, work: Path | None, *, progress: bool) -> Teac
     return teacher
 
 
-def run(cfg: Config, out: str | Path | None = None, progress: bool = True, *,
+def run(cfg: Config, out: str | Path | None = None, progress: bool = True, *, teacher=None,
         _folder: RunFolder | None = None) -> tuple[Path, dict]:
     """Distil as the config says; returns (run folder, results). Writes config.yaml,
     results.json, report.md, training_curves.png (and per_layer_fidelity.png for mirror
     students), teacher/ (when trained here) and student/ (with what `load_student` needs).
+    `teacher` (Python API): use this teacher instead of the config's — a `Network`, a black box,
+    or a function x (N, H*W) in [0, 1] → logits (N, classes).
 
     Raises: DistillError for a config, data or teacher problem (the staging folder is
     removed); RunInterrupted when stopped by SIGTERM / SIGINT (the staging folder is kept:
@@ -93,7 +106,7 @@ def run(cfg: Config, out: str | Path | None = None, progress: bool = True, *,
     config_yaml = dump_yaml(cfg)
     try:
         with stop_on_signals():
-            results = _run_in(cfg, folder, config_yaml, progress, t0)
+            results = _run_in(cfg, folder, config_yaml, progress, t0, teacher)
     except RunInterrupted:
         raise
     except BaseException:
@@ -102,16 +115,21 @@ def run(cfg: Config, out: str | Path | None = None, progress: bool = True, *,
     return folder.finish(), results
 
 
-def _run_in(cfg: Config, folder: RunFolder, config_yaml: str, progress: bool, t0: float) -> dict:
+def _run_in(cfg: Config, folder: RunFolder, config_yaml: str, progress: bool, t0: float, given=None) -> dict:
     work = folder.work
     report.write_atomic(work / "config.yaml", config_yaml)
     data = load_data(cfg)
-    if cfg.teacher.checkpoint is None:  # everything checked before the teacher trains
+    if cfg.teacher.checkpoint is None and given is None:  # everything checked before the teacher trains
         checks.check_student(cfg, data.image_shape, data.num_classes,
                              checks.shape_only_teacher(cfg, data.image_shape, data.num_classes))
-    teacher = get_teacher(cfg, data, work, progress=progress)
+    teacher = get_teacher(cfg, data, work, progress=progress, given=given)
     checks.check_student(cfg, data.image_shape, data.num_classes, teacher.model)
-    native = teachers.is_native(teacher.model)
+    if cfg.teacher.checkpoint is not None and given is None:
+        keys = unused_teacher_keys(cfg)
+        note = f"; the config's teacher.{', teacher.'.join(keys)} are not used" if keys else ""
+        arch = "architecture from the checkpoint" if teachers.is_native(teacher.model) else "run by onnxruntime"
+        say(f"teacher {teachers.describe_checkpoint(teacher.model, teacher.metadata)} ({arch}){note}")
+    is_native = teachers.is_native(teacher.model)
     t_logits = {s: teachers.frozen_logits(teacher.model, getattr(data, f"x_{s}")) for s in ("train", "val", "test")}
     teacher_acc = train.losses.accuracy(t_logits["test"], data.y_test)
 
@@ -119,7 +137,8 @@ def _run_in(cfg: Config, folder: RunFolder, config_yaml: str, progress: bool, t0
     result = distil(cfg, data, xs, teacher.model, t_logits, ckpt=student_checkpointing(work / CHECKPOINTS, cfg),
                     devices=cfg.runtime.devices, progress=progress)
     student = result.student
-    spec = student_spec(cfg, image_shape=data.image_shape, data_downsample=1, n_classes=data.num_classes,
+    native = tuple(a * cfg.data.downsample for a in data.image_shape)  # what new inputs look like
+    spec = student_spec(cfg, image_shape=native, data_downsample=cfg.data.downsample, n_classes=data.num_classes,
                         teacher_spec=teacher.model.spec if students.is_mirror(cfg.student.family) else None)
     save_student(student, work / "student", spec)
     ev = train.evaluate(train.predict(student, xs.x["test"]), t_logits["test"], data.y_test)
@@ -127,14 +146,14 @@ def _run_in(cfg: Config, folder: RunFolder, config_yaml: str, progress: bool, t0
     t_params, s_params = teacher_params(teacher.model), param_count(student)
     drop = 100.0 * (teacher_acc - ev.accuracy)
     hidden = [layer["out_features"] for layer in teacher.model.spec["layers"]
-              if layer["type"] == "dense" and layer["name"] != "logits"] if native else []
-    arch = " → ".join(layer["type"] for layer in teacher.model.spec["layers"]) if native else "black box"
+              if layer["type"] == "dense" and layer["name"] != "logits"] if is_native else []
+    arch = " → ".join(layer["type"] for layer in teacher.model.spec["layers"]) if is_native else "black box"
     results = report.RunResults(
         name=cfg.name,
         dataset=dataset_summary(data),
         teacher=report.TeacherResult(
             accuracy=teacher_acc, params=t_params, source=teacher.source, hidden=hidden, architecture=arch,
-            latency_ms=latencies(teacher.model, data.n_features) if native else None, history=teacher.history),
+            latency_ms=latencies(teacher.model, data.n_features) if is_native else None, history=teacher.history),
         student=report.StudentResult(
             accuracy=ev.accuracy, params=s_params, agreement=ev.agreement, kl=ev.kl, family=cfg.student.family,
             mode=cfg.distill.mode if isinstance(cfg.distill.mode, str) else list(cfg.distill.mode),

@@ -1,0 +1,227 @@
+"""The student after training: evaluate it on a dataset, predict with it, export it; and bring a
+teacher in (`import_teacher`). These only read a run folder; what they write goes elsewhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from distill import teachers, train
+from distill.config import Config, load_config
+from distill.data import downsample, load_dataset
+from distill.errors import DistillError
+from distill.students.store import PixelStudent, load_student, spec_of
+
+__all__ = ["import_teacher", "evaluate", "predict", "export", "run_config"]
+
+
+def run_config(run_dir: str | Path) -> Config:
+    """The resolved config a run folder recorded.
+    Raises: DistillError if `run_dir` is not a run folder."""
+    path = Path(run_dir).expanduser() / "config.yaml"
+    if not path.is_file():
+        raise DistillError(f"{run_dir} is not a run folder (config.yaml is missing); pass the folder `distill run` "
+                           "printed")
+    return load_config(path)
+
+
+def import_teacher(source: str | Path, data: str, *, arch: str | Path | None = None, data_dir: str | None = None,
+                   downsample_by: int = 1, out: str | Path | None = None) -> tuple[Path, dict]:
+    """Import a trained network (`distill.teachers.imports`), measure its accuracy on the test split
+    of dataset `data`, and write a teacher checkpoint folder that `teacher.checkpoint` accepts.
+    Returns (folder, summary {accuracy, format, layer_names, notes, black_box}).
+    Raises: DistillError for anything the importer refuses, an input shape that does not fit the
+    data, or an existing output folder."""
+    source = Path(source).expanduser()
+    final = Path(out) if out is not None else Path("runs") / f"{source.stem}-teacher"
+    if final.exists():
+        raise DistillError(f"output folder {final} already exists; choose another --out")
+    ds = load_dataset(data, data_dir=data_dir, downsample=downsample_by, val_fraction=0.0, seed=0)
+    imported = teachers.import_teacher(source, ds.image_shape, arch)
+    model = imported.model
+    logits = teachers.frozen_logits(model, ds.x_test)
+    if logits.shape[1] != ds.num_classes:
+        raise DistillError(f"the imported network has {logits.shape[1]} outputs but {data} has {ds.num_classes} "
+                           "classes; import a classifier of this dataset")
+    acc = train.losses.accuracy(logits, ds.y_test)
+    meta = {"dataset": ds.name, "downsample": downsample_by, "image_shape": list(ds.image_shape),
+            "test_accuracy": acc, "source": f"imported from {source.name} ({imported.format})",
+            "notes": imported.notes}
+    teachers.save_teacher(model, final, meta)
+    native = teachers.is_native(model)
+    summary = {"accuracy": acc, "format": imported.format, "notes": imported.notes, "black_box": not native,
+               "layer_names": list(model.activation_names) if native else [],
+               "params": None if not native else _param_count(model)}
+    return final, summary
+
+
+def _param_count(model) -> int:
+    from distill.nn import param_count
+
+    return param_count(model)
+
+
+def _native_pixels(cfg: Config, data: str | None, data_dir: str | None):
+    """The dataset at its native resolution (no pooling): name, x_test, y_test, image shape."""
+    name = data or cfg.data.name
+    ds = load_dataset(name, data_dir=data_dir if data_dir is not None else (cfg.data.data_dir if data is None
+                                                                            else None),
+                      downsample=1, val_fraction=0.0, seed=0)
+    return ds
+
+
+def evaluate(run_dir: str | Path, data: str | None = None, data_dir: str | None = None) -> dict:
+    """Accuracy of the run's student on the test split of `data` (default: the run's dataset), and
+    its agreement and KL(teacher ‖ student) with the run's teacher when the teacher is available.
+    Returns a dict of numbers (fractions; KL in nats).
+    Raises: DistillError for a folder without a student or data of another image size."""
+    cfg = run_config(run_dir)
+    student = load_student(run_dir)
+    ds = _native_pixels(cfg, data, data_dir)
+    _check_shape(student, ds.image_shape, ds.name)
+    z = train.predict(student, ds.x_test)
+    out = {"dataset": ds.name, "n_test": int(len(ds.y_test)), "accuracy": train.losses.accuracy(z, ds.y_test),
+           "agreement": None, "kl": None, "teacher_accuracy": None}
+    teacher = _run_teacher(run_dir, cfg)
+    if teacher is not None:
+        k = cfg.data.downsample
+        x_t, _ = downsample(ds.x_test, ds.image_shape, k)
+        t = teachers.frozen_logits(teacher, x_t)
+        ev = train.evaluate(z, t, ds.y_test)
+        out.update(agreement=ev.agreement, kl=ev.kl, teacher_accuracy=train.losses.accuracy(t, ds.y_test))
+    return out
+
+
+def _run_teacher(run_dir: str | Path, cfg: Config):
+    folder = Path(run_dir) / "teacher"
+    if (folder / teachers.TEACHER_JSON).is_file():
+        return teachers.load_teacher(folder)[0]
+    if cfg.teacher.checkpoint is not None and Path(cfg.teacher.checkpoint).exists():
+        return teachers.load_teacher(cfg.teacher.checkpoint)[0]
+    return None
+
+
+def _check_shape(student: PixelStudent, image_shape, name: str) -> None:
+    if tuple(student.image_shape) != tuple(image_shape):
+        h, w = student.image_shape
+        raise DistillError(f"the student reads {h}x{w} images but {name} has {image_shape[0]}x{image_shape[1]}; "
+                           "evaluate it on a dataset of its own image size")
+
+
+def predict(run_dir: str | Path, inputs: str | Path, out: str | Path) -> np.ndarray:
+    """Logits (N, classes) of the run's student for the images in the .npy file `inputs` —
+    (N, H, W) or (N, H*W), pixels in [0, 1], at the run dataset's native size — written to the
+    .npy file `out` (atomically). Returns the logits.
+    Raises: DistillError for a missing or pickled file, a wrong shape or values outside [0, 1]."""
+    student = load_student(run_dir)
+    path = Path(inputs).expanduser()
+    if not path.is_file():
+        raise DistillError(f"no such file: {path}")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        raise DistillError(f"{path} is not a plain .npy array ({err}); save it with np.save(path, array)") from None
+    if x.dtype.kind not in "fiu":
+        raise DistillError(f"{path.name} holds {x.dtype} values; pass pixel values as numbers in [0, 1]")
+    h, w = student.image_shape
+    if x.ndim == 3 and x.shape[1:] == (h, w):
+        x = x.reshape(x.shape[0], h * w)
+    if x.ndim != 2 or x.shape[1] != h * w:
+        raise DistillError(f"{path.name} holds an array of shape {x.shape}; the student reads (N, {h}, {w}) or "
+                           f"(N, {h * w}) images")
+    if not len(x):
+        raise DistillError(f"{path.name} holds no images")
+    x = x.astype(np.float32)
+    if (not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0):
+        raise DistillError(f"{path.name}: pixels must be finite and in [0, 1] (found {np.nanmin(x):g} to "
+                           f"{np.nanmax(x):g}); divide 8-bit images by 255")
+    logits = train.predict(student, x)
+    out = Path(out).expanduser()
+    _save_npy(out, logits)
+    return logits
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    import io
+    import os
+    import tempfile
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buf.getvalue())
+        os.replace(tmp, path)
+    except OSError as err:
+        raise DistillError(f"cannot write {path} ({err.strerror or err}); choose a writable --out") from None
+
+
+def export(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path:
+    """Write the run's student as `fmt`:
+    * "safetensors": every array of the student's state under its dotted path, with the student
+      spec (JSON) in the file's metadata — enough to rebuild it with `distill.load_student`'s recipe;
+    * "onnx": the whole inference function (pooling included; raw pixels (N, H*W) in [0, 1] → logits
+      (N, classes), dynamic batch) converted by jax2onnx and checked against JAX with onnxruntime.
+    Returns the written file. Raises: DistillError for an unknown format or a failed conversion."""
+    run_dir = Path(run_dir).expanduser()
+    student = load_student(run_dir)
+    if fmt not in ("safetensors", "onnx"):
+        raise DistillError(f"unknown export format {fmt!r}; use safetensors or onnx")
+    path = Path(out).expanduser() if out is not None else run_dir / f"student.{fmt}"
+    if fmt == "safetensors":
+        blob = _safetensors_bytes(student, spec_of(run_dir))
+    else:
+        blob = _onnx_bytes(student)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(blob)
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise DistillError(f"cannot write {path} ({err.strerror or err}); choose a writable --out") from None
+    return path
+
+
+def _safetensors_bytes(student: PixelStudent, spec: dict) -> bytes:
+    import jax
+    from flax import nnx
+    from safetensors.numpy import save
+
+    flat = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(student.inner)))[0]:
+        key = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        flat[key] = np.ascontiguousarray(np.asarray(leaf))
+    return save(flat, metadata={"distill.student": json.dumps(spec)})
+
+
+def _onnx_bytes(student: PixelStudent) -> bytes:
+    import jax2onnx
+    import onnxruntime as ort
+    from flax import nnx
+
+    graphdef, state = nnx.split(student)
+
+    def infer(x):
+        return nnx.merge(graphdef, state)(x)
+
+    n = student.n_features
+    try:
+        model = jax2onnx.to_onnx(infer, [("B", n)])
+    except Exception as err:  # noqa: BLE001 - jax2onnx lacks a primitive the student uses
+        raise DistillError(f"jax2onnx could not convert this student ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else ''}); export safetensors instead") from None
+    blob = model.SerializeToString()
+    x = np.random.default_rng(0).uniform(size=(3, n)).astype(np.float32)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    want = np.asarray(infer(x))
+    if not np.allclose(got, want, rtol=1e-4, atol=1e-4):
+        raise DistillError(f"the ONNX export differs from the student by {np.abs(got - want).max():.3g}; export "
+                           "safetensors instead")
+    return blob
