@@ -226,7 +226,7 @@ def test_learned_map_parameters_are_module_params_and_value_is_by_hand(per_site)
     n, d, h = 6, 3, 4
     layer = MPS(n, 2, bond_dim=3, feature_map="learned", feature_dim=d,
                 feature_params={"hidden": h, "per_site": per_site}, init_std=0.3, rngs=nnx.Rngs(3))
-    w1, b1, w2, b2 = (np.asarray(getattr(layer, f"phi_{k}")[...], np.float64)
+    w1, b1, w2, b2 = (np.asarray(getattr(layer.site_features, f"phi_{k}")[...], np.float64)
                       for k in ("w1", "b1", "w2", "b2"))
     lead = (n,) if per_site else ()
     assert w1.shape == lead + (h,) and w2.shape == lead + (h, d) and b2.shape == lead + (d,)
@@ -241,7 +241,7 @@ def test_learned_map_parameters_are_module_params_and_value_is_by_hand(per_site)
     assert param_count(layer) == cores + w1.size + b1.size + w2.size + b2.size
     # the map's weights get gradients like the cores
     grads = nnx.grad(lambda mod: jnp.sum(mod(jnp.asarray(x, jnp.float32)) ** 2))(layer)
-    assert float(jnp.max(jnp.abs(grads["phi_w2"][...]))) > 0
+    assert float(jnp.max(jnp.abs(grads["site_features"]["phi_w2"][...]))) > 0
 
 
 def test_pairwise_site_sees_its_input_and_its_partner():

@@ -187,11 +187,11 @@ def test_pairing_is_seeded_saved_and_restored():
 def test_learned_map_weights_are_trained_with_the_layer():
     layer = MPSHidden(6, 4, bond_dim=2, feature_map="learned", feature_dim=3,
                       feature_params={"hidden": 5, "per_site": True}, out_factors=(4,), rngs=nnx.Rngs(0))
-    assert layer.phi_w1[...].shape[0] == 6  # one MLP per site
+    assert layer.site_features.phi_w1[...].shape[0] == 6  # one MLP per site
     x = jax.random.uniform(jax.random.key(1), (8, 6))
     grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(layer)
     for name in ("phi_w1", "phi_b1", "phi_w2", "phi_b2"):
-        assert np.linalg.norm(np.asarray(grads[name][...])) > 0, name
+        assert np.linalg.norm(np.asarray(grads["site_features"][name][...])) > 0, name
 
 
 @pytest.mark.parametrize("method", ["scan", "tree", "chunked"])

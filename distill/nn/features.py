@@ -1,10 +1,12 @@
-"""Feature-map plumbing shared by the MPS modules: site order, pairing partners, the
-resolved map and the local feature vectors of each site."""
+"""`SiteFeatures`: the local feature vectors of an MPS's sites — site order, pairing partners,
+the resolved map (registered, pairwise or learned) — owned by `MPS` and `MPSHidden` alike."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +29,7 @@ from distill.tn.feature_maps import (
 )
 from distill.tn.pairing import apply_pairwise, make_partners
 
-__all__ = ["SiteOrder", "Partners"]
+__all__ = ["SiteOrder", "Partners", "SiteFeatures"]
 
 
 class SiteOrder(nnx.Variable):
@@ -164,41 +166,71 @@ def _choose_feature_map(
     return _FeatureChoice(fm, d, shift, partners, learned_spec)
 
 
-def _attach_feature_map(module: nnx.Module, choice: _FeatureChoice, n_sites: int, rngs, dtype) -> None:
-    """Give `module` what `_site_features` reads: partners (a Partners variable or None), the
-    learned map's weights (nnx.Param phi_w1, phi_b1, phi_w2, phi_b2) or the map's function."""
-    module.partners = None if choice.partners is None else Partners(jnp.asarray(choice.partners))
-    if choice.learned is not None:
-        hidden, per_site = choice.learned
-        lp = init_learned(rngs.params(), choice.d, hidden, n_sites if per_site else None, dtype)
-        if not isinstance(lp.w1, jax.core.Tracer):  # a shape-only build has no weights to check
-            for i in range(n_sites) if per_site else (None,):
-                validate_feature_map(make_feature_map("learned", check=False, params=lp, site=i))
-        module.phi_w1, module.phi_b1, module.phi_w2, module.phi_b2 = (nnx.Param(a) for a in lp)
-        module._phi = None
-    else:
-        module._phi = choice.fm.fn
+@functools.lru_cache(maxsize=256)
+def _map_fn(name: str, params_json: str, arity: int, shift: float):
+    """The feature map's function (pairwise maps: applied to inputs shifted by `shift`), cached so
+    that modules with the same map share one function object and compiled code."""
+    fn = make_feature_map(name, check=False, **json.loads(params_json)).fn
+    if arity == 2:
+        return lambda a, b: fn(a + shift, b + shift)
+    return fn
 
 
-def _site_features(module: nnx.Module, x: Array) -> Array:
-    """x (B, n) in [0, 1], input order → φ (B, n, d) in chain order (site s reads order[s])."""
-    order = module.site_order[...]
-    if module.partners is not None:
-        return jnp.take(apply_pairwise(module._phi, x, module.partners[...]), order, axis=1)
-    x = jnp.take(x, order, axis=1)
-    if module._phi is None:
-        lp = LearnedParams(module.phi_w1[...], module.phi_b1[...], module.phi_w2[...], module.phi_b2[...])
-        return learned(x, lp)
-    return module._phi(x)
+class SiteFeatures(nnx.Module):
+    """The local feature vectors of an MPS's sites: x (B, n) in [0, 1], input order → φ (B, n, d)
+    in chain order (site s reads input feature `site_order[s]`).
 
+    Holds what the map needs: the site order (`SiteOrder`), for pairwise maps the partner of
+    every input feature (`Partners`; site s sees φ(shift + x_j, shift + x_partners[j])), and for
+    the learned map its weights (nnx.Param `phi_w1`, `phi_b1`, `phi_w2`, `phi_b2`, trained with
+    the cores). A registered map is kept by name and parameters (hashable static attributes), so
+    modules with equal maps share compiled code. The argument rules are in `distill.nn.MPS`.
 
-def _identity_weights(module: nnx.Module, n_sites: int, d: int, dtype) -> np.ndarray | None:
-    """Weights for `tn.mps.init_mps`: the combination of φ's components that best fits the
-    constant 1 on [0, 1] (every site matrix then starts near a positive multiple of I).
-    None in a shape-only build (nnx.eval_shape) of a learned map: no values exist there."""
-    with jax.ensure_compile_time_eval():
-        grid = jnp.tile(jnp.linspace(0.0, 1.0, 33, dtype=dtype)[:, None], (1, n_sites))
-        phi = _site_features(module, grid)
-    if isinstance(phi, jax.core.Tracer):
-        return None
-    return mps_lib.identity_weights_for(phi.reshape(-1, d))
+    Raises: DistillError for an unknown or degenerate map (seed 000 §4), a pairing that does not
+    fit the map, or a bad site order.
+    """
+
+    def __init__(self, layer: str, n_sites: int, *, feature_map, feature_dim: int, feature_params: dict,
+                 pairing, pairing_seed: int, pair_shift, site_order, dtype, rngs: nnx.Rngs):
+        order = _validate_order(site_order, n_sites)
+        choice = _choose_feature_map(layer, n_sites, order, feature_map, feature_dim, feature_params, pairing,
+                                     pairing_seed, pair_shift)
+        self.n_sites = n_sites
+        self.d = choice.d
+        self.shift = choice.shift
+        self.site_order = SiteOrder(jnp.asarray(order))
+        self.partners = None if choice.partners is None else Partners(jnp.asarray(choice.partners))
+        if choice.learned is not None:
+            hidden, per_site = choice.learned
+            lp = init_learned(rngs.params(), choice.d, hidden, n_sites if per_site else None, dtype)
+            if not isinstance(lp.w1, jax.core.Tracer):  # a shape-only build has no weights to check
+                for i in range(n_sites) if per_site else (None,):
+                    validate_feature_map(make_feature_map("learned", check=False, params=lp, site=i))
+            self.phi_w1, self.phi_b1, self.phi_w2, self.phi_b2 = (nnx.Param(a) for a in lp)
+            self.map_key = None
+        else:
+            fm = choice.fm
+            self.map_key = (fm.name, json.dumps(dict(fm.params), sort_keys=True, default=float), fm.arity,
+                            float(self.shift))
+
+    def __call__(self, x: Array) -> Array:
+        order = self.site_order[...]
+        if self.map_key is None:
+            lp = LearnedParams(self.phi_w1[...], self.phi_b1[...], self.phi_w2[...], self.phi_b2[...])
+            return learned(jnp.take(x, order, axis=1), lp)
+        fn = _map_fn(*self.map_key)
+        if self.partners is not None:
+            return jnp.take(apply_pairwise(fn, x, self.partners[...]), order, axis=1)
+        return fn(jnp.take(x, order, axis=1))
+
+    def identity_weights(self, dtype) -> np.ndarray | None:
+        """Weights for `tn.mps.init_mps`: the combination of φ's components that best fits the
+        constant 1 on [0, 1] (every site matrix then starts near a positive multiple of I).
+        None in a shape-only build (nnx.eval_shape) of a learned map: no values exist there."""
+        with jax.ensure_compile_time_eval():
+            grid = jnp.tile(jnp.linspace(0.0, 1.0, 33, dtype=dtype)[:, None], (1, self.n_sites))
+            phi = self(grid)
+        if isinstance(phi, jax.core.Tracer):
+            return None
+        return mps_lib.identity_weights_for(phi.reshape(-1, self.d))
+

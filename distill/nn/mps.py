@@ -13,15 +13,7 @@ from jax import Array
 
 from distill.errors import DistillError
 from distill.nn.common import _apply_activation, _check_activation, _check_width
-from distill.nn.features import (
-    SiteOrder,
-    _attach_feature_map,
-    _check_int,
-    _choose_feature_map,
-    _identity_weights,
-    _site_features,
-    _validate_order,
-)
+from distill.nn.features import SiteFeatures, _check_int
 from distill.tn import mps as mps_lib
 from distill.tn import mps_layer as mps_layer_lib
 from distill.tn import tt as tt_lib
@@ -51,7 +43,7 @@ class MPS(nnx.Module):
     The feature map (`distill.tn.feature_maps` registry; d is always read off the map):
 
     * ``feature_map="learned"``: a tiny MLP 1 → hidden → d (d = feature_dim) whose weights are
-      nnx.Param of this module (`phi_w1`, `phi_b1`, `phi_w2`, `phi_b2`), trained with the
+      nnx.Param of its `site_features` (`phi_w1`, `phi_b1`, `phi_w2`, `phi_b2`), trained with the
       cores. ``feature_params`` may set ``hidden`` (default 8) and ``per_site`` (default
       False: one MLP shared by all sites; True: one MLP per site, site s uses MLP s).
     * ``feature_params`` given (non-empty): ``make_feature_map(name, **feature_params)``,
@@ -112,14 +104,12 @@ class MPS(nnx.Module):
         bond_dim = _check_int("bond_dim", bond_dim, 1)
         feature_dim = _check_int("feature_dim", feature_dim, 2)
         k = mps_lib.resolve_output_site(n_sites, output_site)
-        order = _validate_order(site_order, n_sites)
         feature_params = dict(feature_params or {})
-
-        choice = _choose_feature_map(
-            "MPS", n_sites, order, feature_map, feature_dim, feature_params, pairing, pairing_seed,
-            pair_shift,
-        )
-        d = choice.d
+        self.site_features = SiteFeatures(
+            "MPS", n_sites, feature_map=feature_map, feature_dim=feature_dim, feature_params=feature_params,
+            pairing=pairing, pairing_seed=pairing_seed, pair_shift=pair_shift, site_order=site_order, dtype=dtype,
+            rngs=rngs)
+        d = self.site_features.d
 
         self.n_sites = n_sites
         self.n_out = n_out
@@ -127,7 +117,7 @@ class MPS(nnx.Module):
         self.feature_map = feature_map
         self.feature_dim = d
         self.feature_params = tuple(sorted(feature_params.items()))
-        self.pair_shift = choice.shift
+        self.pair_shift = self.site_features.shift
         self.output_site = k
         self.contraction = _check_contraction("MPS", contraction)
         self.dtype = dtype
@@ -135,9 +125,7 @@ class MPS(nnx.Module):
         # z = L̂·out·R̂ already has unit variance per output at init (out ~ N(0, 1)), so
         # exp(0) = 1 starts the logits at O(1).
         self.log_scale = nnx.Param(jnp.zeros((), dtype))
-        self.site_order = SiteOrder(jnp.asarray(order))
-        _attach_feature_map(self, choice, n_sites, rngs, dtype)
-        weights = _identity_weights(self, n_sites, d, dtype)
+        weights = self.site_features.identity_weights(dtype)
         p = mps_lib.init_mps(
             rngs.params(), n_sites, d, bond_dim, n_out,
             output_site=k, init_std=init_std, identity_weights=weights, dtype=dtype,
@@ -147,6 +135,16 @@ class MPS(nnx.Module):
         self.out = nnx.Param(p.out)
         self.right = nnx.Param(p.right)
         self.last = nnx.Param(p.last)
+
+    @property
+    def site_order(self):
+        """The SiteOrder variable: site s reads input feature site_order[s]."""
+        return self.site_features.site_order
+
+    @property
+    def partners(self):
+        """The Partners variable of a pairwise map (None for local maps)."""
+        return self.site_features.partners
 
     @property
     def params(self) -> mps_lib.MPSParams:
@@ -162,7 +160,7 @@ class MPS(nnx.Module):
                 f"MPS: expected input of shape (batch, {self.n_sites}), got {tuple(x.shape)}; "
                 "flatten images and scale them to [0, 1] first"
             )
-        return _site_features(self, x.astype(self.dtype))
+        return self.site_features(x.astype(self.dtype))
 
     def __call__(self, x: Array) -> Array:
         """x (B, n) in [0, 1] → (B, m)."""
@@ -252,13 +250,12 @@ class MPSHidden(nnx.Module):
         feature_dim = _check_width(layer, "feature_dim", feature_dim)
         activation = _check_activation(layer, activation)
         k = mps_lib.resolve_output_site(n_in, output_site)
-        order = _validate_order(site_order, n_in)
         feature_params = dict(feature_params or {})
-        choice = _choose_feature_map(
-            layer, n_in, order, feature_map, feature_dim, feature_params, pairing, pairing_seed,
-            pair_shift,
-        )
-        feature_dim = choice.d
+        self.site_features = SiteFeatures(
+            layer, n_in, feature_map=feature_map, feature_dim=feature_dim, feature_params=feature_params,
+            pairing=pairing, pairing_seed=pairing_seed, pair_shift=pair_shift, site_order=site_order, dtype=dtype,
+            rngs=rngs)
+        feature_dim = self.site_features.d
         if readout_rank is not None:
             if out_factors is not None or out_bond is not None:
                 raise DistillError(
@@ -292,7 +289,7 @@ class MPSHidden(nnx.Module):
         self.feature_map = feature_map
         self.feature_dim = feature_dim
         self.feature_params = tuple(sorted(feature_params.items()))
-        self.pair_shift = choice.shift
+        self.pair_shift = self.site_features.shift
         self.out_factors = out_factors
         self.out_bond = out_bond
         self.readout_rank = readout_rank
@@ -302,11 +299,9 @@ class MPSHidden(nnx.Module):
         self.dtype = dtype
 
         key_chain, key_out, key_read = jax.random.split(rngs.params(), 3)
-        self.site_order = SiteOrder(jnp.asarray(order))
-        _attach_feature_map(self, choice, n_in, rngs, dtype)
         p = mps_lib.init_mps(
             key_chain, n_in, feature_dim, bond_dim, 1, output_site=k, init_std=init_std,
-            identity_weights=_identity_weights(self, n_in, feature_dim, dtype), dtype=dtype,
+            identity_weights=self.site_features.identity_weights(dtype), dtype=dtype,
         )  # its (χ, 1, χ) output core is not used
         self.first = nnx.Param(p.first)
         self.left = nnx.Param(p.left)
@@ -360,6 +355,16 @@ class MPSHidden(nnx.Module):
         self.input_scale[...] = _per_feature("MPSHidden", "scale", scale, self.n_in, self.dtype)
         return self
 
+    @property
+    def site_order(self):
+        """The SiteOrder variable: site s reads input feature site_order[s]."""
+        return self.site_features.site_order
+
+    @property
+    def partners(self):
+        """The Partners variable of a pairwise map (None for local maps)."""
+        return self.site_features.partners
+
     def output_core_array(self) -> Array:
         """The (χ, n_out, χ) output core (out_factors) or (χ, r, χ) core (readout_rank)."""
         if self.readout_rank is not None:
@@ -377,7 +382,7 @@ class MPSHidden(nnx.Module):
     def features(self, x: Array) -> Array:
         """x (B, n_in) → φ(x̃) (B, n_in, d) in site order, x̃ the clipped, scaled input."""
         x = (x.astype(self.dtype) - self.input_offset[...]) / self.input_scale[...]
-        return _site_features(self, jnp.clip(x, 0.0, 1.0))
+        return self.site_features(jnp.clip(x, 0.0, 1.0))
 
     def __call__(self, x: Array) -> Array:
         """x (B, n_in) → (B, n_out)."""
