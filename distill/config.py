@@ -188,6 +188,10 @@ class DistillConfig:
     weight_decay: float = field(default=0.0, metadata=non_negative())
     schedule: str = field(default="cosine", metadata=choice("constant", "cosine"))
     grad_clip: float | None = field(default=1.0, metadata=positive())  # global norm; None = off
+    warmup_epochs: int = field(default=0, metadata=check("an integer ≥ 0", lambda v: v >= 0))  # linear warm-up
+    # exponential moving average of the student's weights (validated and kept instead of the raw
+    # weights); null = off, e.g. 0.999
+    ema: float | None = field(default=None, metadata=fraction(lo_open=True, hi_open=True))
     # layer-by-layer phase
     layer_target: str = field(default="post", metadata=choice("post", "pre"))  # match post- or pre-activations
     layer_epochs: int = field(default=10, metadata=at_least(1))
@@ -199,6 +203,25 @@ class DistillConfig:
         if isinstance(self.mode, str):
             return MODE_SHORTHANDS.get(self.mode, (self.mode,))
         return tuple(self.mode)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Function matching (Beyer et al. 2022): the student's training images are augmented and the
+    teacher labels the very same augmented images — inside the training step for a native
+    teacher, once for `copies` augmented copies of the training set for a black-box teacher.
+    Applies to every distillation phase (and to the labels-only control). All off = the fixed
+    training set with the teacher's logits computed once."""
+
+    translate: int = field(default=0, metadata=check("an integer ≥ 0 (pixels)", lambda v: v >= 0))
+    flip: bool = False  # left-right; refused for digits and MNIST, where it changes the class
+    mixup: float = field(default=0.0, metadata=non_negative())  # Beta(α, α); 0 = off
+    cutmix: float = field(default=0.0, metadata=non_negative())  # Beta(α, α); 0 = off
+    copies: int = field(default=4, metadata=at_least(1))  # black-box teachers: augmented copies labelled once
+
+    @property
+    def active(self) -> bool:
+        return bool(self.translate or self.flip or self.mixup or self.cutmix)
 
 
 @dataclass(frozen=True)
@@ -234,6 +257,7 @@ class Config:
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = DistillConfig()
+    augment: AugmentConfig = AugmentConfig()
     compare: CompareConfig = CompareConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 

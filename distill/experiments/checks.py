@@ -22,6 +22,9 @@ def check_config(cfg: Config) -> None:
         raise DistillError(f"student.downsample={cfg.student.downsample} only applies to pixel families "
                            "(student.family=mps); a mirror student reads the teacher's inputs (set it to 1, or "
                            "data.downsample to pool for both)")
+    if cfg.augment.flip and (cfg.data.name in ("digits", "mnist") or "mnist" in cfg.data.name):
+        raise DistillError(f"config: augment.flip = true would change the class of {cfg.data.name} digits (a "
+                           "mirrored 2 is not a 2); set it to false")
     if cfg.teacher.checkpoint is None and cfg.teacher.arch == "mlp" and not cfg.teacher.hidden:
         raise DistillError("config: teacher.hidden is empty; an MLP teacher needs at least one hidden layer")
 
@@ -56,4 +59,4 @@ def check_student(cfg: Config, image_shape: tuple[int, int], n_classes: int, tea
     else:
         shape = image_shape
     xs = StudentInputs({}, shape)
-    nnx.eval_shape(lambda: build_student(cfg, xs, n_classes, teacher, None))
+    nnx.eval_shape(lambda: build_student(cfg, xs, n_classes, teacher, None, warm_start=False))

@@ -14,6 +14,7 @@ from distill import phases as phases_lib
 from distill import students, teachers, train
 from distill.config import TEACHER_TRAINING_KEYS, Config, TeacherConfig
 from distill.data import Dataset, downsample, load_dataset, site_order
+from distill.data.augment import Augment
 from distill.errors import DistillError
 from distill.nn import param_count
 from distill.students.mirror import build_mirror, layer_params, teacher_layers
@@ -138,14 +139,16 @@ def uses_teacher(cfg: Config) -> bool:
     return any(phases_lib.phase(p).USES_TEACHER for p in cfg.distill.phases)
 
 
-def build_student(cfg: Config, xs: StudentInputs, n_classes: int, teacher=None, layers=None) -> nnx.Module:
+def build_student(cfg: Config, xs: StudentInputs, n_classes: int, teacher=None, layers=None, *,
+                  warm_start: bool | None = None) -> nnx.Module:
     """The student the config describes; a mirror student is warm-started from `teacher` when a
-    phase learns from the teacher, and its MPS layers read `layers.ranges`."""
+    phase learns from the teacher (or as `warm_start` says), and its MPS layers read `layers.ranges`."""
     s = cfg.student
     family = students.family(s.family)
     if students.is_mirror(s.family):
         ranges = None if layers is None else layers.ranges
-        return build_mirror(s.family, s.options, teacher, ranges, seed=cfg.seed, warm_start=uses_teacher(cfg))
+        warm = uses_teacher(cfg) if warm_start is None else warm_start
+        return build_mirror(s.family, s.options, teacher, ranges, seed=cfg.seed, warm_start=warm)
     return family.build(s.options, n_sites=xs.n_sites, image_shape=xs.image_shape, n_classes=n_classes,
                         site_order=site_order(xs.image_shape, cfg.data.ordering), seed=cfg.seed)
 
@@ -205,10 +208,13 @@ def distil(cfg: Config, data: Dataset, xs: StudentInputs, teacher, t_logits: dic
     if teacher_phases and mirror:
         stages["warm start" if getattr(cfg.student.options, "warm_start", True) else "initialisation"] = \
             train.losses.accuracy(train.predict(student, xs.x["test"]), ys["test"])
+    aug = augmentation(cfg, data)
     for i, name in enumerate(cfg.distill.phases):
         ctx = phases_lib.PhaseContext(cfg.distill, cfg.seed, xs.x, ys, t_logits, tl,
                                       lambda sub, i=i, name=name: ckpt(f"{i}-{name}/{sub}"), devices, progress,
-                                      label, first=i == 0)
+                                      label, first=i == 0, images=data.x_train, image_shape=data.image_shape,
+                                      augment=aug, teacher=teacher, pool=1 if mirror else cfg.student.downsample,
+                                      copies=cfg.augment.copies)
         result = phases_lib.phase(name).run(ctx, student)
         curves.update(result.curves)
         if result.layers:
@@ -224,6 +230,14 @@ def distil(cfg: Config, data: Dataset, xs: StudentInputs, teacher, t_logits: dic
             if after_layerwise is not None:  # before fine-tuning moved the layers away from the teacher's
                 row.update({f"{k}_after_layerwise": v for k, v in after_layerwise[i].items() if k != "target"})
     return Distilled(student, curves, stages, rows)
+
+
+def augmentation(cfg: Config, data: Dataset) -> Augment | None:
+    """The run's augmentation on the data's images, or None when it is off."""
+    a = cfg.augment
+    if not a.active:
+        return None
+    return Augment(tuple(data.image_shape), translate=a.translate, flip=a.flip, mixup=a.mixup, cutmix=a.cutmix)
 
 
 def layer_fidelity(student, tl, target: str) -> list[dict]:

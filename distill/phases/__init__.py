@@ -52,7 +52,8 @@ class PhaseContext:
     test, y[split] the labels, teacher_logits[split] the frozen teacher's logits (None for a run
     without teacher phases); `teacher_layers()` returns the teacher's activations that layer-wise
     fits read (computed once, on first use); `checkpoint(name)` the Checkpointing of a training
-    run inside the phase (None: no checkpoints); `first` whether this is the run's first phase."""
+    run inside the phase (None: no checkpoints); `first` whether this is the run's first phase.
+    With `augment` set, phases train on `images` augmented in the step (`feed`)."""
 
     distill: Any  # distill.config.DistillConfig
     seed: int
@@ -65,6 +66,28 @@ class PhaseContext:
     progress: bool = True
     label: str = "student"
     first: bool = True
+    # function matching: raw training images (teacher resolution), the augmentation (None: off),
+    # the teacher itself, the student's pooling of the raw images, copies for a black-box teacher
+    images: np.ndarray | None = None
+    image_shape: tuple[int, int] | None = None
+    augment: Any = None
+    teacher: Any = None
+    pool: int = 1
+    copies: int = 4
+
+    def feed(self, *, with_teacher: bool, source: str | None = None, target: str = "logits"):
+        """The step's Feed for a phase that trains on augmented images (None without augmentation)."""
+        if self.augment is None:
+            return None
+        from flax import nnx
+
+        from distill.train.step import Feed
+
+        graphdef = None
+        if with_teacher:
+            self.teacher.eval()
+            graphdef = nnx.split(self.teacher)[0]
+        return Feed(self.image_shape, self.augment, 1 if source else self.pool, graphdef, source, target)
 
 
 @dataclass

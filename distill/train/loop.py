@@ -25,7 +25,7 @@ from distill.train.metrics import r2_score
 from distill.train.predict import predict
 from distill.train.sharding import check_batch_size, data_mesh, replicate, shard_batch
 from distill.train.state import TrainSettings, TrainState, make_optimizer
-from distill.train.step import METRICS, train_step
+from distill.train.step import METRICS, Feed, train_step
 
 __all__ = ["History", "Validation", "fit", "train_classifier", "end_to_end", "fit_layer", "check_finite"]
 
@@ -87,7 +87,7 @@ def check_finite(what: str, arrays: dict[str, np.ndarray]) -> None:
 def fit(model: nnx.Module, loss: Callable[[jax.Array, dict], jax.Array], x: np.ndarray,
         targets: dict[str, np.ndarray], settings: TrainSettings, *, val: Validation | None = None,
         ckpt: Checkpointing | None = None, devices: int | None = None, desc: str = "train",
-        progress: bool = True) -> History:
+        progress: bool = True, feed: Feed | None = None, teacher=None) -> History:
     """Train `model` in place on `loss(model(x_batch), batch)`; keep the best-by-validation params.
 
     x (N, n_in); targets {name: (N, ...)} become batch[name] next to batch["x"]; `loss` is a
@@ -96,7 +96,9 @@ def fit(model: nnx.Module, loss: Callable[[jax.Array, dict], jax.Array], x: np.n
     has the same shape and the step compiles once. Without `val` (or an empty one) the last
     epoch is kept. With `ckpt`, the TrainState is saved every ckpt.every epochs and the phase
     continues from the newest checkpoint (or returns at once if it had finished).
-    The batch is split over `devices` devices (None: all).
+    The batch is split over `devices` devices (None: all). With a `feed` (`step.Feed`), x holds
+    raw images that the step augments and shows to `teacher` (a frozen native teacher, for targets
+    computed in the loop) and to the model; validation inputs are the model's own view.
 
     Raises: DistillError for non-finite data or a non-finite training loss; RunInterrupted
     after saving a checkpoint when a stop was requested (`checkpoint.request_stop`).
@@ -119,7 +121,11 @@ def fit(model: nnx.Module, loss: Callable[[jax.Array, dict], jax.Array], x: np.n
 
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    state = replicate(TrainState.create(params, rest, tx, settings.seed), mesh)
+    state = replicate(TrainState.create(params, rest, tx, settings.seed, ema=settings.ema is not None), mesh)
+    teacher_state = None
+    if feed is not None and feed.teacher is not None:
+        teacher.eval()
+        teacher_state = replicate(nnx.state(teacher), mesh)
     sums = {k: jnp.zeros((), jnp.float32) for k in METRICS}
     start_epoch, start_batch = 0, 0
     if ckpt is not None:
@@ -145,7 +151,8 @@ def fit(model: nnx.Module, loss: Callable[[jax.Array, dict], jax.Array], x: np.n
             for i in range(first, steps):
                 idx = order[i]
                 data = shard_batch({"x": x[idx], **{k: v[idx] for k, v in targets.items()}}, mesh)
-                state, metrics = train_step(state, data, graphdef=graphdef, loss=loss, tx=tx, schedule=schedule)
+                state, metrics = train_step(state, data, teacher_state, graphdef=graphdef, loss=loss, tx=tx,
+                                            schedule=schedule, feed=feed, ema=settings.ema)
                 sums = {k: sums[k] + metrics[k] for k in METRICS}
                 bar.update(1)
                 reason = stop_requested()
@@ -160,14 +167,15 @@ def fit(model: nnx.Module, loss: Callable[[jax.Array, dict], jax.Array], x: np.n
                                    "the data are finite; lower the learning rate (e.g. halve it) or lower the "
                                    "gradient clipping norm")
             score = None
+            kept = state.params if state.ema is None else state.ema  # what is validated and kept
             if has_val:
-                _load(model, state.params, state.rest)
+                _load(model, kept, state.rest)
                 model.eval()
                 score = float(val.score(predict(model, val.x), val.y))
                 model.train()
             state = state._replace(epoch=state.epoch + 1)
             if score is None or score > float(state.best_score) or int(state.best_epoch) == 0:
-                state = state._replace(best_params=jax.tree.map(jnp.copy, state.params),
+                state = state._replace(best_params=jax.tree.map(jnp.copy, kept),
                                        best_rest=jax.tree.map(jnp.copy, state.rest),
                                        best_score=jnp.asarray(score if score is not None else 0.0, jnp.float32),
                                        best_epoch=jnp.copy(state.epoch))
@@ -203,27 +211,34 @@ def _finish(model: nnx.Module, state: TrainState, hist: History) -> History:
 
 def train_classifier(model: nnx.Module, x_train, y_train, val: Validation | None, settings: TrainSettings, *,
                      ckpt: Checkpointing | None = None, devices: int | None = None, desc: str = "teacher",
-                     progress: bool = True) -> History:
-    """Plain supervised training on labels (cross-entropy): teachers and the labels-only control."""
+                     progress: bool = True, feed: Feed | None = None) -> History:
+    """Plain supervised training on labels (cross-entropy): teachers and the labels-only control
+    (with a feed: on augmented images, mixed labels for mixup / cutmix)."""
     return fit(model, losses.CrossEntropy(), x_train, {"y": y_train}, settings, val=val, ckpt=ckpt, devices=devices,
-               desc=desc, progress=progress)
+               desc=desc, progress=progress, feed=feed)
 
 
 def end_to_end(student: nnx.Module, x_train, teacher_logits, y_train, val: Validation | None,
                settings: TrainSettings, *, temperature: float, alpha: float, ckpt: Checkpointing | None = None,
-               devices: int | None = None, desc: str = "student", progress: bool = True) -> History:
-    """Distil on the frozen teacher's logits (precomputed, (N, classes)) with the KD loss."""
-    return fit(student, losses.KD(temperature, alpha), x_train, {"t": teacher_logits, "y": y_train}, settings,
-               val=val, ckpt=ckpt, devices=devices, desc=desc, progress=progress)
+               devices: int | None = None, desc: str = "student", progress: bool = True, feed: Feed | None = None,
+               teacher=None) -> History:
+    """Distil with the KD loss on the frozen teacher's logits: precomputed ((N, classes); pass
+    teacher_logits), or computed in the step on the augmented images (a feed with a teacher;
+    teacher_logits None)."""
+    targets = {"y": y_train} if teacher_logits is None else {"t": teacher_logits, "y": y_train}
+    return fit(student, losses.KD(temperature, alpha), x_train, targets, settings, val=val, ckpt=ckpt,
+               devices=devices, desc=desc, progress=progress, feed=feed, teacher=teacher)
 
 
 def fit_layer(layer: nnx.Module, x_train, y_train, x_val, y_val, settings: TrainSettings, *,
               ckpt: Checkpointing | None = None, devices: int | None = None, desc: str = "layer",
-              progress: bool = True) -> History:
+              progress: bool = True, feed: Feed | None = None, teacher=None) -> History:
     """Layer-wise distillation of one layer: MSE between layer(x) and the teacher's activations.
 
-    x (N, n_in) are the teacher's inputs to that layer, y (N, n_out) its outputs; the epoch
-    with the best validation R² is kept.
+    x (N, n_in) are the teacher's inputs to that layer, y (N, n_out) its outputs (with a feed: x
+    holds the raw images and y is None — both come from the teacher on the augmented images in
+    the step); the epoch with the best validation R² is kept.
     """
-    return fit(layer, losses.MSE(), x_train, {"t": y_train}, settings,
-               val=Validation(x_val, y_val, r2_score, "r2"), ckpt=ckpt, devices=devices, desc=desc, progress=progress)
+    targets = {} if y_train is None else {"t": y_train}
+    return fit(layer, losses.MSE(), x_train, targets, settings, val=Validation(x_val, y_val, r2_score, "r2"),
+               ckpt=ckpt, devices=devices, desc=desc, progress=progress, feed=feed, teacher=teacher)

@@ -51,12 +51,22 @@ def agreement(student_logits, teacher_logits) -> float:
 # loss(outputs, batch) with the batch's named arrays.
 
 
+def mixed_cross_entropy(z: jax.Array, batch: dict) -> jax.Array:
+    """Mean CE against batch["y"], or with mixup / cutmix the mixed targets
+    lam·CE(y) + (1 − lam)·CE(y2) per sample (batch["lam"] (B,), batch["y2"] the partners' labels)."""
+    if "lam" not in batch:
+        return cross_entropy(z, batch["y"])
+    ce = optax.softmax_cross_entropy_with_integer_labels
+    lam = batch["lam"]
+    return jnp.mean(lam * ce(z, batch["y"]) + (1.0 - lam) * ce(z, batch["y2"]))
+
+
 @dataclass(frozen=True)
 class CrossEntropy:
-    """CE(y, softmax(z)) on batch["y"] (B,) int labels."""
+    """CE(y, softmax(z)) on batch["y"] (B,) int labels (mixed labels with mixup / cutmix)."""
 
     def __call__(self, z: jax.Array, batch: dict) -> jax.Array:
-        return cross_entropy(z, batch["y"])
+        return mixed_cross_entropy(z, batch)
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,10 @@ class KD:
     alpha: float
 
     def __call__(self, z: jax.Array, batch: dict) -> jax.Array:
-        return kd_loss(z, batch["t"], batch["y"], temperature=self.temperature, alpha=self.alpha)
+        soft = kl_per_sample(batch["t"], z, self.temperature).mean() * self.temperature**2
+        if self.alpha == 1.0:
+            return soft
+        return self.alpha * soft + (1.0 - self.alpha) * mixed_cross_entropy(z, batch)
 
 
 @dataclass(frozen=True)

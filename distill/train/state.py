@@ -26,7 +26,9 @@ class TrainSettings:
 
     epochs, batch_size (global, over all devices), lr (peak learning rate), weight_decay
     (AdamW's decoupled decay; 0 = Adam), schedule ("constant" or "cosine": decay to 1 % of lr
-    over all steps), grad_clip (global-norm clipping; None = off), seed (batch order, RNG key).
+    over all steps), warmup_epochs (linear warm-up from 0 to lr first), grad_clip (global-norm
+    clipping; None = off), ema (decay of an exponential moving average of the weights, which is
+    what is validated and kept; None = off), seed (batch order, RNG key).
     """
 
     epochs: int
@@ -36,6 +38,8 @@ class TrainSettings:
     schedule: str = "cosine"
     grad_clip: float | None = None
     seed: int = 0
+    warmup_epochs: int = 0
+    ema: float | None = None
 
 
 @functools.lru_cache(maxsize=64)
@@ -46,8 +50,15 @@ def make_optimizer(settings: TrainSettings, steps_per_epoch: int) -> tuple[optax
     Cached: the same settings give the same objects, so the jitted step (static on them) compiles
     once per model structure and batch shape, across phases, layers and seeds."""
     s = settings
-    if s.schedule == "cosine":
-        schedule = optax.cosine_decay_schedule(s.lr, decay_steps=max(1, s.epochs * steps_per_epoch), alpha=0.01)
+    total = max(1, s.epochs * steps_per_epoch)
+    warmup = min(s.warmup_epochs * steps_per_epoch, total - 1)
+    if s.schedule == "cosine" and warmup:
+        schedule = optax.warmup_cosine_decay_schedule(0.0, s.lr, warmup, total, end_value=0.01 * s.lr)
+    elif s.schedule == "cosine":
+        schedule = optax.cosine_decay_schedule(s.lr, decay_steps=total, alpha=0.01)
+    elif warmup:
+        schedule = optax.join_schedules([optax.linear_schedule(0.0, s.lr, warmup), optax.constant_schedule(s.lr)],
+                                        [warmup])
     else:
         schedule = optax.constant_schedule(s.lr)
     opt = optax.adamw(schedule, weight_decay=s.weight_decay) if s.weight_decay > 0 else optax.adam(schedule)
@@ -77,13 +88,14 @@ class TrainState(NamedTuple):
     best_rest: Any
     best_score: jax.Array
     best_epoch: jax.Array
+    ema: Any = None
 
     @classmethod
-    def create(cls, params, rest, tx: optax.GradientTransformation, seed: int) -> "TrainState":
+    def create(cls, params, rest, tx: optax.GradientTransformation, seed: int, ema: bool = False) -> "TrainState":
         state = cls(params=params, rest=rest, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
                     epoch=jnp.zeros((), jnp.int32), key=jax.random.key_data(jax.random.key(seed)),
                     best_params=params, best_rest=rest, best_score=jnp.full((), -jnp.inf, jnp.float32),
-                    best_epoch=jnp.zeros((), jnp.int32))
+                    best_epoch=jnp.zeros((), jnp.int32), ema=params if ema else None)
         # Every leaf its own buffer: the state is donated, and JAX may hand out one cached buffer
         # for equal constants (the zero counters) or alias params and best_params.
         return jax.tree.map(jnp.copy, state)
