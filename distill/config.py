@@ -62,7 +62,7 @@ TEACHER_ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid")
 #: Keys of the teacher section that describe a teacher trained here; with `checkpoint` set
 #: they are not used (the architecture comes from the checkpoint).
 TEACHER_TRAINING_KEYS = ("arch", "hidden", "activation", "conv_channels", "kernel_size", "pool", "batchnorm",
-                         "dropout", "epochs", "batch_size", "lr", "weight_decay", "schedule")
+                         "dropout", "translate", "flip", "epochs", "batch_size", "lr", "weight_decay", "schedule")
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,9 @@ class TeacherConfig:
     kernel_size: int = field(default=3, metadata=at_least(1))  # cnn, "same" padding
     pool: str = field(default="max", metadata=choice("max", "avg"))  # cnn: 2×2 after each conv block
     batchnorm: bool = True  # cnn: BatchNorm after each convolution
-    dropout: float = field(default=0.0, metadata=fraction(lo_open=False, hi_open=True))  # cnn: before the head
+    dropout: float = field(default=0.0, metadata=fraction(lo_open=False, hi_open=True))  # cnn: after each dense layer
+    translate: int = field(default=0, metadata=check("an integer ≥ 0 (pixels)", lambda v: v >= 0))  # augmentation
+    flip: bool = False  # augmentation: left-right flips (not for digits)
     checkpoint: str | None = None  # a teacher checkpoint folder; None = train one
     epochs: int = field(default=60, metadata=at_least(1))
     batch_size: int = field(default=64, metadata=at_least(1))

@@ -22,9 +22,11 @@ def check_config(cfg: Config) -> None:
         raise DistillError(f"student.downsample={cfg.student.downsample} only applies to pixel families "
                            "(student.family=mps); a mirror student reads the teacher's inputs (set it to 1, or "
                            "data.downsample to pool for both)")
-    if cfg.augment.flip and (cfg.data.name in ("digits", "mnist") or "mnist" in cfg.data.name):
-        raise DistillError(f"config: augment.flip = true would change the class of {cfg.data.name} digits (a "
-                           "mirrored 2 is not a 2); set it to false")
+    digits = cfg.data.name in ("digits", "mnist", "tfds:mnist")
+    for key, on in (("augment.flip", cfg.augment.flip), ("teacher.flip", cfg.teacher.flip)):
+        if on and digits:
+            raise DistillError(f"config: {key} = true would change the class of {cfg.data.name} digits (a "
+                               "mirrored 2 is not a 2); set it to false")
     if cfg.teacher.checkpoint is None and cfg.teacher.arch == "mlp" and not cfg.teacher.hidden:
         raise DistillError("config: teacher.hidden is empty; an MLP teacher needs at least one hidden layer")
 

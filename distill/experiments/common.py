@@ -20,6 +20,7 @@ from distill.nn import param_count
 from distill.students.mirror import build_mirror, layer_params, teacher_layers
 from distill.teachers.network import Network, cnn_spec, lenet5_spec, mlp_spec
 from distill.train.checkpoint import Checkpointing
+from distill.train.step import Feed
 
 LATENCY_BATCHES = (1, 256)
 
@@ -69,8 +70,12 @@ def train_new_teacher(cfg: Config, data: Dataset, *, ckpt: Checkpointing | None,
                       progress: bool) -> Teacher:
     model = Network(teacher_spec(cfg.teacher, data.image_shape, data.num_classes), rngs=nnx.Rngs(cfg.seed))
     val = train.Validation(data.x_val, data.y_val)
+    t = cfg.teacher
+    feed = None
+    if t.translate or t.flip:
+        feed = Feed(tuple(data.image_shape), Augment(tuple(data.image_shape), translate=t.translate, flip=t.flip))
     hist = train.train_classifier(model, data.x_train, data.y_train, val, teacher_settings(cfg), ckpt=ckpt,
-                                  devices=devices, desc="teacher", progress=progress)
+                                  devices=devices, desc="teacher", progress=progress, feed=feed)
     acc = train.losses.accuracy(teachers.frozen_logits(model, data.x_test), data.y_test)
     source = f"trained here ({cfg.teacher.arch}, {cfg.teacher.epochs} epochs)"
     return Teacher(model, hist.as_dict(), source, teacher_metadata(cfg, data, acc, source))
