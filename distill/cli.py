@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -165,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("distill: interrupted; no run folder was written", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - a bug, or a bad input no check anticipated: one line, not a trace
+        if os.environ.get("DISTILL_DEBUG"):
+            raise
+        first = str(err).splitlines()[0][:300] if str(err) else ""
+        print(f"distill: internal error: {type(err).__name__}: {first} (nothing was written; rerun with "
+              "DISTILL_DEBUG=1 for the traceback and please report it)", file=sys.stderr)
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -172,7 +180,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from distill.config import parse_override
         from distill.experiments import compare_maps as compare
 
-        r = compare.check_map(args.name, dict(parse_override(t) for t in args.params),
+        r = compare.check_map(args.name, dict(parse_override(t, "--param", "order=2") for t in args.params),
                               pairing=args.pairing, pair_shift=args.pair_shift)
         print(compare.format_validity(r))
         return 0 if r.ok else 1

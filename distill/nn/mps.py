@@ -187,7 +187,10 @@ def _per_feature(layer: str, name: str, value, n: int, dtype) -> Array:
 
 
 class MPSHidden(nnx.Module):
-    """MPS hidden layer x (B, n_in) → (B, n_out): y = act(exp(s)·z + b), z = T·Φ(x̃).
+    """MPS hidden layer x (B, n_in) → (B, n_out): y = act(exp(s)·z + b), where
+    T·Φ(x̃) = z·exp(log_norm): z is the contraction with unit-normalised environments and the
+    per-sample log-norm (the same for every output of a sample) is dropped — the layer outputs the
+    direction of T·Φ(x̃), scaled by one learned exp(s).
 
     A drop-in replacement for a dense hidden layer act(W x + b) (seed 000 §2: a = T·Φ(a_prev)),
     trained layer-wise on a teacher's activations.
@@ -334,7 +337,10 @@ class MPSHidden(nnx.Module):
 
         offset = min(0, min x) (0 for ReLU inputs), scale = quantile_q(x) - offset, per
         feature (or one global value with per_feature=False). Values above the quantile
-        clip to 1. Features that never vary in the sample (dead units) get scale 1.
+        clip to 1. Where quantile_q(x) - offset is ~0 — features that are 0 throughout the
+        sample (dead ReLU units), or constant and ≤ 0 — the scale is 1; a feature constant at
+        c > 0 gets scale c (it maps to 1). Mirror students set the range from the teacher's
+        activations instead (each unit's observed [min, max] onto [0, 1]).
         """
         x = np.asarray(x_sample, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.n_in or x.shape[0] < 1:

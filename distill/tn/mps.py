@@ -47,7 +47,13 @@ __all__ = [
 
 
 class MPSParams(NamedTuple):
-    """Cores of an MPS with n sites and the output core between sites k-1 and k."""
+    """Cores of an MPS with n sites and the output core between sites k-1 and k.
+
+    Layout: the bulk cores are stored (site, physical, left, right) — the physical index comes
+    before the bonds, unlike the (left, d, right) of DESIGN.md §1 — so that a core's d slices
+    A[p] (χ, χ) are contiguous for the site-matrix sum Σ_p φ_p A[p]; the output core is
+    (left, output, right).
+    """
 
     first: Array  # (d, χ)            site 0, index (p, r); left bond of size 1 squeezed
     left: Array  # (k-1, d, χ, χ)     sites 1..k-1, index (s, p, l, r)
