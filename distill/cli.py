@@ -47,6 +47,11 @@ def _common(p: argparse.ArgumentParser, config_help: str) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder to create (must not exist or be empty); "
                                                  "default: runs/<date>-<time>-<name>")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="a multi-host run: the address of process 0, the "
+                   "same on every host (jax.distributed.initialize; or set DISTILL_COORDINATOR); every process runs "
+                   "the same command and process 0 writes the run folder (on a file system all hosts share)")
+    p.add_argument("--num-processes", type=int, metavar="N", help="a multi-host run: how many processes in all")
+    p.add_argument("--process-id", type=int, metavar="I", help="a multi-host run: this process's index, 0..N-1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +191,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0 if r.ok else 1
     if args.command in ("import-teacher", "evaluate", "predict", "export"):
         return _use(args)
+    if args.command in ("run", "teacher", "compare-maps"):  # a multi-host run, if flags or DISTILL_* say so
+        from distill.train.sharding import initialize_distributed
+
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     if args.command in ("run", "compare-maps") and args.resume is not None:
         if args.config is not None or args.overrides or args.out is not None:
             raise DistillError("--resume continues a run with the config it recorded; give no CONFIG, --set or --out")
