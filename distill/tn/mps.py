@@ -32,6 +32,7 @@ import numpy as np
 from jax import Array
 
 from distill.errors import DistillError
+from distill.tn import mps_sweep
 
 __all__ = [
     "MPSParams",
@@ -190,8 +191,9 @@ def _normalise(v: Array) -> tuple[Array, Array]:
     nrm2 = jnp.sum(v * v, axis=-1)
     tiny = jnp.finfo(v.dtype).tiny
     ok = nrm2 > tiny
-    inv = jnp.where(ok, jax.lax.rsqrt(jnp.where(ok, nrm2, 1.0)), 0.0)
-    return v * inv[..., None], 0.5 * jnp.log(jnp.maximum(nrm2, tiny))
+    safe = jnp.where(ok, nrm2, 1.0)
+    inv = jnp.where(ok, jax.lax.rsqrt(safe), 0.0)
+    return v * inv[..., None], jnp.where(ok, 0.5 * jnp.log(safe), 0.0)
 
 
 # Per-step transfer of a running vector through one core, in two GEMM arrangements.
@@ -199,14 +201,6 @@ def _normalise(v: Array) -> tuple[Array, Array]:
 # bond the running vector comes in on and j the bond it leaves on.
 #   "vec_core":   T = V @ C(i, p·j) → (B, d, χ); V' = Σ_p T φ_p
 #   "outer_core": X = φ ⊗ V (B, d·χ); V' = X @ C(p·i, j)
-
-
-def _arrange(cores: Array, direction: str, arrangement: str) -> Array:
-    """cores (S, p, l, r) → per-step layout used by `_step` for that sweep direction."""
-    # left sweep: the vector enters on l, leaves on r; right sweep: enters on r, leaves on l
-    i_, j_ = ("l", "r") if direction == "left" else ("r", "l")
-    spec_out = f"s{i_}p{j_}" if arrangement == "vec_core" else f"sp{i_}{j_}"
-    return jnp.einsum(f"splr->{spec_out}", cores)
 
 
 def _step(v: Array, core: Array, ph: Array, arrangement: str) -> Array:
@@ -251,10 +245,17 @@ def _site_matrices(cores: Array, phis: Array) -> Array:
 
 
 def _normalise_mats(m: Array) -> tuple[Array, Array]:
-    """m (..., χ, χ) → (m / ‖m‖_F, log ‖m‖_F) per matrix; safe at ‖m‖ = 0."""
+    """m (..., χ, χ) → (m / ‖m‖_F, log ‖m‖_F) per matrix.
+
+    A zero matrix (a zero feature vector at some site) stays 0 with log-norm 0 and a zero
+    gradient: the double `where` as in `_normalise` (flooring ‖m‖² at `tiny` instead gives
+    the zero matrix a 1/sqrt(tiny) ≈ 1e19 gradient and NaN further along).
+    """
     nrm2 = jnp.sum(m * m, axis=(-2, -1))
-    nrm2 = jnp.maximum(nrm2, jnp.finfo(m.dtype).tiny)
-    return m * jax.lax.rsqrt(nrm2)[..., None, None], 0.5 * jnp.log(nrm2)
+    ok = nrm2 > jnp.finfo(m.dtype).tiny
+    safe = jnp.where(ok, nrm2, 1.0)
+    inv = jnp.where(ok, jax.lax.rsqrt(safe), 0.0)
+    return m * inv[..., None, None], jnp.where(ok, 0.5 * jnp.log(safe), 0.0)
 
 
 def _tree_product(mats: Array, logs: Array) -> tuple[Array, Array]:
@@ -317,27 +318,42 @@ def _segment_scan(v0, cores, phis, arrangement, unroll):
 
 
 METHODS = ("scan", "tree", "chunked")
+_PRIVATE_METHODS = ("scan_autodiff",)  # the previous scan (autodiff of lax.scan): test reference
 
 
 def choose_method(n_sites: int, d: int, chi: int, batch: int, backend: str | None = None) -> str:
     """The contraction method `contract(..., method=None)` uses for these sizes.
 
-    CPU: "scan" everywhere. The tree does χ³ work per site instead of d·χ², materialises
-    (B, n, χ, χ), and XLA:CPU runs the batched χ×χ products slowly; on two cores (jax 0.10.2,
+    CPU: "tree" for small batches, "scan" otherwise. The tree does χ³ work per site instead
+    of d·χ², but in log₂ n dependent steps, so it wins while the batch is too small for the
+    scan's n sequential steps to do much work each: at batch 1 (n 196, d 2, χ 20) it takes
+    a fraction of the scan's per-step overhead. The crossover batch is `_tree_max_batch`.
+    At training batches the fused scan is much faster; on two cores (jax 0.10.2,
     forward+backward+Adam, samples/s scan / chunked / tree, machine shared, load 6-9):
       n 784 d 3 χ 10 B 500: 8,989 / 606 / 536
       n 196 d 2 χ 32 B 256: 25,736 / 285 / 351
       n 784 d 2 χ 64 B 128: 1,596 / 6 / 2
-    Re-measure with `scripts/bench_contraction.py` on other hardware.
+    (the previous scan; see docs/bench for the fused one). Re-measure with
+    `scripts/bench_contraction.py` and `scripts/bench_inference.py` on other hardware.
     GPU/TPU: "tree" (log₂ n sequential depth instead of n kernel launches) while the site
     matrices of one segment fit in a modest budget, else "chunked" (bounded memory, still
     n / chunk sequential steps). This branch is not measured on this project's hardware yet.
     """
     backend = backend or jax.default_backend()
     if backend == "cpu":
-        return "scan"
+        return "tree" if batch <= _tree_max_batch(n_sites, d, chi) else "scan"
     bytes_needed = 4 * batch * n_sites * chi * chi * 3  # site matrices + tree levels + grads
     return "tree" if bytes_needed <= 2 << 30 else "chunked"
+
+
+def _tree_max_batch(n_sites: int, d: int, chi: int) -> int:
+    """Largest batch for which "tree" beats "scan" on CPU (measured, 2 cores, jax 0.10.2).
+
+    Per call the scan costs about n/2 sequential steps of fixed overhead (two lanes) plus
+    B·n·d·χ² MACs; the tree about 2·log₂ n steps plus B·n·χ³ MACs. At n 196, d 2, χ 20
+    the two meet near B = 4; the crossover falls as χ grows (the tree's χ³).
+    """
+    return 4 if chi <= 32 else 1
 
 
 def _auto_chunk(n_seg: int) -> int:
@@ -345,7 +361,84 @@ def _auto_chunk(n_seg: int) -> int:
     return int(min(64, max(8, round(n_seg**0.5))))
 
 
-@functools.partial(jax.jit, static_argnames=("arrangement", "unroll", "method", "chunk"))
+def _sites_per_step(d: int, chi: int) -> int:
+    """Sites merged into one step of the fused scan (`mps_sweep.merge_sites`).
+
+    Merging k sites costs d^k / (k·d) times the arithmetic for k times fewer sequential
+    steps: free for d = 2, k = 2; 1.5× for d = 3. Measured forward+backward (2 cores, jax
+    0.10.2, ms, k = 1 / 2): n 784 d 3 χ 10 B 500: 42.2 / 30.7 (load 5.7). Until the
+    arithmetic dominates (large d·χ) two sites per step win.
+    """
+    return 2 if d <= 3 and d * chi <= 96 else 1
+
+
+def _prenormalise(phi: Array) -> tuple[Array, Array]:
+    """phi (B, n, d) → (φ / max_p |φ_p|, Σ_sites log max_p |φ_p|) per sample.
+
+    Makes the contraction scale-free in the features: a site with φ = 1e-20·φ̂ would make
+    |u|² underflow (flush to 0) in float32 and turn a non-zero sample into a zero one.
+    A zero φ stays 0 (log-norm 0, gradient 0).
+    """
+    top = jnp.max(jnp.abs(phi), axis=-1)
+    ok = top > 0
+    safe = jnp.where(ok, top, 1.0)
+    inv = jnp.where(ok, 1.0 / safe, 0.0)
+    return phi * inv[..., None], jnp.sum(jnp.where(ok, jnp.log(safe), 0.0), axis=-1)
+
+
+def _lane_inputs(cores_list, phis_list, k: int):
+    """Equal-length sweep-order segments of G lanes → the fused sweep's W and φ arrays.
+
+    cores_list: G arrays (S, d, χi, χo); phis_list: G arrays (B, S, d); S divisible by k →
+    W (S/k, G, χo, d^k·χi), φ (S/k, G, d^k, B).
+    """
+    ws, ps = [], []
+    for cores, phi in zip(cores_list, phis_list):
+        merged = mps_sweep.merge_sites(cores, k) if k > 1 else cores  # (S', D, i, o)
+        s_, dd, ci, co = merged.shape
+        ws.append(jnp.reshape(jnp.einsum("spio->sopi", merged), (s_, co, dd * ci)))
+        pm = mps_sweep.merge_features(phi, k) if k > 1 else phi  # (B, S', D)
+        ps.append(jnp.einsum("bsp->spb", pm))
+    return jnp.stack(ws, axis=1), jnp.stack(ps, axis=1)
+
+
+def _fused_halves(L, R, c_left, phi_left, c_right, phi_right, k: int, unroll: int):
+    """Sweep both half-chains with `mps_sweep.sweep`, two lanes where they overlap.
+
+    L, R (χ, B) unit start vectors; c_* (S_*, d, χi, χo) and phi_* (B, S_*, d) in sweep order
+    (the right half reversed). Segments: both halves together over k·⌊min/k⌋ sites (k merged
+    per step), then the < k leftover common sites (two lanes, one site per step), then the
+    longer half's excess alone (k merged, then single sites). Returns (L, R, log_l, log_r).
+    """
+    s_l, s_r = c_left.shape[0], c_right.shape[0]
+    common = min(s_l, s_r)
+    log_l = jnp.zeros(L.shape[1:], L.dtype)
+    log_r = jnp.zeros(R.shape[1:], R.dtype)
+    vs = [L, R]
+    logs = [log_l, log_r]
+    halves = [(c_left, phi_left), (c_right, phi_right)]
+    pos = [0, 0]
+
+    def run(lanes, length, kk):
+        cores = [halves[g][0][pos[g] : pos[g] + length] for g in lanes]
+        phis = [halves[g][1][:, pos[g] : pos[g] + length] for g in lanes]
+        w, p = _lane_inputs(cores, phis, kk)
+        v, lg = mps_sweep.sweep(jnp.stack([vs[g] for g in lanes]), w, p, unroll)
+        for i, g in enumerate(lanes):
+            vs[g], logs[g] = v[i], logs[g] + lg[i]
+            pos[g] += length
+
+    segments = [((0, 1), k * (common // k), k), ((0, 1), common % k, 1)]
+    longer = 0 if s_l > s_r else 1
+    excess = abs(s_l - s_r)
+    segments += [((longer,), k * (excess // k), k), ((longer,), excess % k, 1)]
+    for lanes, length, kk in segments:
+        if length:
+            run(lanes, length, kk)
+    return vs[0], vs[1], logs[0], logs[1]
+
+
+@functools.partial(jax.jit, static_argnames=("arrangement", "unroll", "method", "chunk", "sites_per_step"))
 def _contract_impl(
     params: MPSParams,
     phi: Array,
@@ -353,6 +446,7 @@ def _contract_impl(
     unroll: int = 1,
     method: str | None = None,
     chunk: int | None = None,
+    sites_per_step: int | None = None,
 ):
     n, d, chi, m, k = mps_dims(params)
     if phi.ndim != 3 or phi.shape[1] != n or phi.shape[2] != d:
@@ -361,37 +455,58 @@ def _contract_impl(
         )
     if method is None:
         method = choose_method(n, d, chi, phi.shape[0])
-    if method not in METHODS:
+    if method not in METHODS + _PRIVATE_METHODS:
         raise DistillError(f"MPS contract: method must be one of {METHODS} or None, got {method!r}")
-    if method != "scan":
-        arrangement = "outer_core"  # (p, i, j) layout: site matrices are one einsum away
-    elif arrangement is None:
-        arrangement = _choose_arrangement(d, chi)
 
-    def segment(v0, cores, phis):
-        if method == "scan":
-            return _segment_scan(v0, cores, phis, arrangement, unroll)
-        if method == "tree":
-            return _segment_tree(v0, cores, phis)
-        c = chunk or _auto_chunk(cores.shape[0])
-        return _segment_chunked(v0, cores, phis, min(c, cores.shape[0]))
-
-    phi = phi.astype(params.out.dtype)
+    phi, log_phi = _prenormalise(phi.astype(params.out.dtype))
     L, log_l = _normalise(jnp.einsum("bp,pr->br", phi[:, 0], params.first))
     R, log_r = _normalise(jnp.einsum("bp,pl->bl", phi[:, n - 1], params.last))
-    log_norm = log_l + log_r
-    if k > 1:  # sites 1..k-1, left to right
-        phi_left = jnp.einsum("bnp->nbp", phi[:, 1:k])
-        c_left = _arrange(params.left, "left", arrangement)
-        L, log_s = segment(L, c_left, phi_left)
-        log_norm = log_norm + log_s
-    if n - k - 1 > 0:  # sites n-2..k, right to left (reversed into sweep order)
-        phi_right = jnp.einsum("bnp->nbp", phi[:, k : n - 1])[::-1]
-        c_right = _arrange(params.right, "right", arrangement)[::-1]
-        R, log_s = segment(R, c_right, phi_right)
-        log_norm = log_norm + log_s
+    phi_left = phi[:, 1:k]  # (B, k-1, d), sites 1..k-1 left to right
+    phi_right = phi[:, k : n - 1][:, ::-1]  # sites n-2..k, right to left
+    c_left = params.left  # (s, p, l, r): enters on l, leaves on r
+    c_right = jnp.einsum("splr->sprl", params.right)[::-1]  # enters on r, leaves on l
+
+    if method == "scan":
+        kk = sites_per_step or _sites_per_step(d, chi)
+        Lt, Rt, ls, rs = _fused_halves(L.T, R.T, c_left, phi_left, c_right, phi_right, kk, unroll)
+        L, R = Lt.T, Rt.T
+        log_l, log_r = log_l + ls, log_r + rs
+    else:
+        if method == "scan_autodiff":
+            arrangement = arrangement or _choose_arrangement(d, chi)
+        else:
+            arrangement = "outer_core"  # (p, i, j) layout: site matrices are one einsum away
+
+        def segment(v0, cores, phis):  # cores (S, p, i, j) sweep order, phis (B, S, p)
+            cores = _arrange_sweep(cores, arrangement)
+            phis = jnp.einsum("bnp->nbp", phis)
+            if method == "scan_autodiff":
+                return _segment_scan(v0, cores, phis, arrangement, unroll)
+            if method == "tree":
+                return _segment_tree(v0, cores, phis)
+            c = chunk or _auto_chunk(cores.shape[0])
+            return _segment_chunked(v0, cores, phis, min(c, cores.shape[0]))
+
+        if k > 1:
+            L, log_s = segment(L, c_left, phi_left)
+            log_l = log_l + log_s
+        if n - k - 1 > 0:
+            R, log_s = segment(R, c_right, phi_right)
+            log_r = log_r + log_s
+    # A half whose environment vector is exactly 0 (a zero feature vector in it) contributes
+    # log-norm 0 whatever happened before the zero: the same for every method.
+    log_l = jnp.where(jnp.any(L != 0, axis=-1), log_l, 0.0)
+    log_r = jnp.where(jnp.any(R != 0, axis=-1), log_r, 0.0)
     z = jnp.einsum("bl,lor,br->bo", L, params.out, R)
-    return z, log_norm
+    return z, log_phi + log_l + log_r
+
+
+def _arrange_sweep(cores: Array, arrangement: str) -> Array:
+    """Sweep-order cores (S, p, i, j) → the per-step layout of `_step` ((S, i, p, j) for
+    "vec_core", unchanged for "outer_core")."""
+    if arrangement == "vec_core":
+        return jnp.einsum("spij->sipj", cores)
+    return cores
 
 
 def contract(
@@ -404,11 +519,21 @@ def contract(
     right environment vectors, so |z| ≤ ‖out‖ whatever the chain length.
 
     method: how each half-chain (sites left / right of the output core) is contracted —
-      "scan"    sequential vector–matrix steps (lax.scan), cost n·d·χ² per sample, depth n;
+      "scan"    sequential renormalised vector–matrix steps, cost n·d·χ² per sample: both
+                halves swept together, two sites merged per step where that is cheap, one
+                GEMM per step with a hand-written backward pass (`tn.mps_sweep`);
       "tree"    build all site matrices (B, n, χ, χ), multiply pairwise, cost n·χ³, depth log₂ n;
       "chunked" scan over chunks of `chunk` sites (default ≈ √n, 8..64), tree inside a chunk;
-      None      `choose_method(n, d, χ, B)` (CPU: "scan"; GPU/TPU: "tree", "chunked" if large).
-    All renormalise every product and accumulate the log-norm, so all are stable in float32.
+      None      `choose_method(n, d, χ, B)` (CPU: "tree" for tiny batches, else "scan";
+                GPU/TPU: "tree", "chunked" if large).
+    All renormalise every product and accumulate the log-norm, so all are stable in float32,
+    and all give the same values, log-norms and gradients. The feature vectors are first
+    scaled to max-abs 1 per site (the scales go into log_norm), so tiny features do not
+    underflow. A sample with an exactly zero feature vector has z = 0, zero gradients, and
+    log_norm without the contribution of the half-chain that vanished.
+
+    Raises:
+      DistillError: phi not (batch, n, d), or an unknown method.
     """
     return _contract_impl(params, phi, method=method, chunk=chunk)
 
