@@ -80,18 +80,21 @@ class MPSStudent(nnx.Module):
                        contraction=contraction, rngs=rngs)
 
     def __call__(self, x):
-        img = jnp.reshape(x, (x.shape[0], 14, 2, 14, 2))
-        return self.mps(jnp.mean(img, axis=(2, 4)).reshape(x.shape[0], 196))
+        img = jnp.reshape(x, (x.shape[0], 14, 2, 14, 2))  # 2×2 blocks, summed elementwise
+        pooled = 0.25 * (img[:, :, 0, :, 0] + img[:, :, 0, :, 1] + img[:, :, 1, :, 0] + img[:, :, 1, :, 1])
+        return self.mps(jnp.reshape(pooled, (x.shape[0], 196)))
 
 
 def jitted(model):
+    """x → model(x), jitted; the state travels as a flat list of arrays (cheap dispatch)."""
     graphdef, state = nnx.split(model)
+    leaves, treedef = jax.tree.flatten(state)
 
     @jax.jit
-    def f(state, x):
-        return nnx.merge(graphdef, state)(x)
+    def f(leaves, x):
+        return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(x)
 
-    return lambda x: f(state, x)
+    return lambda x: f(leaves, x)
 
 
 def build(names, seed=0, mps_contraction=None, tt_method=None):

@@ -288,6 +288,41 @@ def _segment_tree(v0: Array, cores: Array, phis: Array) -> tuple[Array, Array]:
     return v, log_p + log_v
 
 
+def _tree_halves(L, R, phi, params, k: int):
+    """"tree" for both half-chains at once, as two lanes of one pairwise reduction.
+
+    L, R (B, χ) unit boundary vectors; phi (B, n, d) prenormalised → (L', R', log_l, log_r)
+    with L' ∝ L·M_1⋯M_{k-1} and R' ∝ M_k⋯M_{n-2}·R unit vectors. The halves keep their
+    natural site order (no reversal); both are padded with identity matrices to one power of
+    two, so each of the log₂ levels is one batched product, one normalisation and no
+    reshuffling: few, larger operations, which is what a small batch needs.
+    """
+    n = phi.shape[1]
+    chi = L.shape[-1]
+    s_l, s_r = k - 1, n - k - 1
+    size = 1 << max(0, (max(s_l, s_r) - 1).bit_length())
+    eye = jnp.eye(chi, dtype=L.dtype)
+
+    def mats(cores, ph, count, at_end):
+        # site matrices (B, count, χ, χ), padded with identities to `size`
+        m = jnp.einsum("bsp,splr->bslr", ph, cores) if count else jnp.zeros((L.shape[0], 0, chi, chi), L.dtype)
+        pad = jnp.broadcast_to(eye, (L.shape[0], size - count, chi, chi))
+        return jnp.concatenate([m, pad] if at_end else [pad, m], axis=1)
+
+    # left: L·M_1⋯M_{k-1}, identities after; right: M_k⋯M_{n-2}·R, identities before
+    m = jnp.stack([mats(params.left, phi[:, 1:k], s_l, True),
+                   mats(params.right, phi[:, k : n - 1], s_r, False)])  # (2, B, size, χ, χ)
+    m, logs = _normalise_mats(m)
+    logs = jnp.sum(logs, axis=2)
+    while m.shape[2] > 1:
+        m, lp = _normalise_mats(jnp.einsum("gbsij,gbsjk->gbsik", m[:, :, 0::2], m[:, :, 1::2]))
+        logs = logs + jnp.sum(lp, axis=2)
+    m = m[:, :, 0]
+    Lp, log_lv = _normalise(jnp.einsum("bi,bij->bj", L, m[0]))
+    Rp, log_rv = _normalise(jnp.einsum("bij,bj->bi", m[1], R))
+    return Lp, Rp, logs[0] + log_lv, logs[1] + log_rv
+
+
 def _segment_chunked(v0: Array, cores: Array, phis: Array, chunk: int) -> tuple[Array, Array]:
     """"chunked": scan over chunks of `chunk` sites; inside a chunk, a tree product.
 
@@ -364,12 +399,14 @@ def _auto_chunk(n_seg: int) -> int:
 def _sites_per_step(d: int, chi: int) -> int:
     """Sites merged into one step of the fused scan (`mps_sweep.merge_sites`).
 
-    Merging k sites costs d^k / (k·d) times the arithmetic for k times fewer sequential
-    steps: free for d = 2, k = 2; 1.5× for d = 3. Measured forward+backward (2 cores, jax
-    0.10.2, ms, k = 1 / 2): n 784 d 3 χ 10 B 500: 42.2 / 30.7 (load 5.7). Until the
-    arithmetic dominates (large d·χ) two sites per step win.
+    Merging k sites costs d^k / (k·d) times the arithmetic (free for d = 2, k = 2; 1.5× for
+    d = 3) plus forming the merged cores, (n/k)·d^k·χ³, for k times fewer sequential steps.
+    Forward+backward, CPU time per call (2 cores, jax 0.10.2, load ~4.7, k = 1 / 2):
+      n 196 d 2 χ 20 B 128:  5.5 / 4.7 ms      n 196 d 2 χ 32 B 256: 13.6 / 13.8 ms
+      n 784 d 3 χ 10 B 500: 29.1 / 32.4 ms
+    so two sites per step for d = 2 and small χ, one otherwise.
     """
-    return 2 if d <= 3 and d * chi <= 96 else 1
+    return 2 if d == 2 and chi <= 24 else 1
 
 
 def _prenormalise(phi: Array) -> tuple[Array, Array]:
@@ -379,7 +416,9 @@ def _prenormalise(phi: Array) -> tuple[Array, Array]:
     |u|² underflow (flush to 0) in float32 and turn a non-zero sample into a zero one.
     A zero φ stays 0 (log-norm 0, gradient 0).
     """
-    top = jnp.max(jnp.abs(phi), axis=-1)
+    top = jnp.abs(phi[..., 0])
+    for p in range(1, phi.shape[-1]):  # elementwise, not a reduce: fuses with its consumers
+        top = jnp.maximum(top, jnp.abs(phi[..., p]))
     ok = top > 0
     safe = jnp.where(ok, top, 1.0)
     inv = jnp.where(ok, 1.0 / safe, 0.0)
@@ -402,40 +441,54 @@ def _lane_inputs(cores_list, phis_list, k: int):
     return jnp.stack(ws, axis=1), jnp.stack(ps, axis=1)
 
 
+def _pad_sites(cores: Array, phi: Array, length: int) -> tuple[Array, Array]:
+    """Append identity sites (A[0] = I, A[p>0] = 0, φ = e_0) up to `length` sites.
+
+    cores (S, d, χi, χo), phi (B, S, d) → (length, d, χi, χo), (B, length, d); an identity
+    site leaves the running vector (and its norm) unchanged.
+    """
+    extra = length - cores.shape[0]
+    if extra == 0:
+        return cores, phi
+    s, d, ci, co = cores.shape
+    eye = jnp.zeros((extra, d, ci, co), cores.dtype).at[:, 0].set(jnp.eye(ci, co, dtype=cores.dtype))
+    e0 = jnp.zeros((phi.shape[0], extra, d), phi.dtype).at[:, :, 0].set(1.0)
+    return jnp.concatenate([cores, eye]), jnp.concatenate([phi, e0], axis=1)
+
+
 def _fused_halves(L, R, c_left, phi_left, c_right, phi_right, k: int, unroll: int):
-    """Sweep both half-chains with `mps_sweep.sweep`, two lanes where they overlap.
+    """Sweep both half-chains with `mps_sweep.sweep`, as two lanes of one sweep.
 
     L, R (χ, B) unit start vectors; c_* (S_*, d, χi, χo) and phi_* (B, S_*, d) in sweep order
-    (the right half reversed). Segments: both halves together over k·⌊min/k⌋ sites (k merged
-    per step), then the < k leftover common sites (two lanes, one site per step), then the
-    longer half's excess alone (k merged, then single sites). Returns (L, R, log_l, log_r).
+    (the right half reversed). Both halves are padded with identity sites to a common length
+    that k divides, unless one is much longer than the other (an output core far from the
+    middle): then the lanes cover the shorter length and the longer half's excess is swept
+    alone afterwards. Returns (L, R, log_l, log_r), L and R (χ, B).
     """
     s_l, s_r = c_left.shape[0], c_right.shape[0]
-    common = min(s_l, s_r)
-    log_l = jnp.zeros(L.shape[1:], L.dtype)
-    log_r = jnp.zeros(R.shape[1:], R.dtype)
-    vs = [L, R]
-    logs = [log_l, log_r]
-    halves = [(c_left, phi_left), (c_right, phi_right)]
-    pos = [0, 0]
-
-    def run(lanes, length, kk):
-        cores = [halves[g][0][pos[g] : pos[g] + length] for g in lanes]
-        phis = [halves[g][1][:, pos[g] : pos[g] + length] for g in lanes]
-        w, p = _lane_inputs(cores, phis, kk)
-        v, lg = mps_sweep.sweep(jnp.stack([vs[g] for g in lanes]), w, p, unroll)
-        for i, g in enumerate(lanes):
-            vs[g], logs[g] = v[i], logs[g] + lg[i]
-            pos[g] += length
-
-    segments = [((0, 1), k * (common // k), k), ((0, 1), common % k, 1)]
-    longer = 0 if s_l > s_r else 1
-    excess = abs(s_l - s_r)
-    segments += [((longer,), k * (excess // k), k), ((longer,), excess % k, 1)]
-    for lanes, length, kk in segments:
-        if length:
-            run(lanes, length, kk)
-    return vs[0], vs[1], logs[0], logs[1]
+    common, longest = min(s_l, s_r), max(s_l, s_r)
+    up = lambda s: -(-s // k) * k  # noqa: E731
+    if longest - common <= max(k, common // 8):
+        common = longest
+    n_lanes = up(common)
+    pieces = []
+    for cores, phi in ((c_left, phi_left), (c_right, phi_right)):
+        c, p = _pad_sites(cores[:common], phi[:, :common], n_lanes)
+        pieces.append((c, p))
+    logs = jnp.zeros((2,) + L.shape[1:], L.dtype)
+    v = jnp.stack([L, R])
+    if n_lanes:
+        w, p = _lane_inputs([c for c, _ in pieces], [p for _, p in pieces], k)
+        v, logs = mps_sweep.sweep(v, w, p, unroll)
+    vs, lg = [v[0], v[1]], [logs[0], logs[1]]
+    if longest > common:  # the longer half's excess, one lane
+        g = 0 if s_l > s_r else 1
+        cores, phi = (c_left, phi_left) if g == 0 else (c_right, phi_right)
+        c, p = _pad_sites(cores[common:], phi[:, common:], up(longest - common))
+        w, p = _lane_inputs([c], [p], k)
+        v1, l1 = mps_sweep.sweep(vs[g][None], w, p, unroll)
+        vs[g], lg[g] = v1[0], lg[g] + l1[0]
+    return vs[0], vs[1], lg[0], lg[1]
 
 
 @functools.partial(jax.jit, static_argnames=("arrangement", "unroll", "method", "chunk", "sites_per_step"))
@@ -466,7 +519,10 @@ def _contract_impl(
     c_left = params.left  # (s, p, l, r): enters on l, leaves on r
     c_right = jnp.einsum("splr->sprl", params.right)[::-1]  # enters on r, leaves on l
 
-    if method == "scan":
+    if method == "tree":
+        L, R, ls, rs = _tree_halves(L, R, phi, params, k)
+        log_l, log_r = log_l + ls, log_r + rs
+    elif method == "scan":
         kk = sites_per_step or _sites_per_step(d, chi)
         Lt, Rt, ls, rs = _fused_halves(L.T, R.T, c_left, phi_left, c_right, phi_right, kk, unroll)
         L, R = Lt.T, Rt.T
@@ -482,8 +538,6 @@ def _contract_impl(
             phis = jnp.einsum("bnp->nbp", phis)
             if method == "scan_autodiff":
                 return _segment_scan(v0, cores, phis, arrangement, unroll)
-            if method == "tree":
-                return _segment_tree(v0, cores, phis)
             c = chunk or _auto_chunk(cores.shape[0])
             return _segment_chunked(v0, cores, phis, min(c, cores.shape[0]))
 
