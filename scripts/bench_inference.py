@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from distill.nn import MPS, TTLinear  # noqa: E402
+from distill.tn import mps as mps_lib  # noqa: E402
 
 
 def load_avg() -> list[float]:
@@ -79,22 +80,29 @@ class MPSStudent(nnx.Module):
         self.mps = MPS(196, 10, bond_dim=chi, feature_map="trig", feature_dim=2,
                        contraction=contraction, rngs=rngs)
 
-    def __call__(self, x):
+    def __call__(self, x, plan=None):
         img = jnp.reshape(x, (x.shape[0], 14, 2, 14, 2))  # 2×2 blocks, summed elementwise
         pooled = 0.25 * (img[:, :, 0, :, 0] + img[:, :, 0, :, 1] + img[:, :, 1, :, 0] + img[:, :, 1, :, 1])
-        return self.mps(jnp.reshape(pooled, (x.shape[0], 196)))
+        pooled = jnp.reshape(pooled, (x.shape[0], 196))
+        if plan is None:
+            return self.mps(pooled)
+        # what MPS.__call__(x, plan=...) would do: the precomputed core layout of
+        # tn.mps.plan_contraction instead of forming it on every call
+        z, _ = mps_lib.contract_planned(plan, self.mps.features(pooled))
+        return jnp.exp(self.mps.log_scale[...]) * z
 
 
-def jitted(model):
-    """x → model(x), jitted; the state travels as a flat list of arrays (cheap dispatch)."""
+def jitted(model, *extra):
+    """x → model(x, *extra), jitted; the state travels as a flat list of arrays (cheap
+    dispatch), `extra` (e.g. a ContractionPlan) as a pytree argument."""
     graphdef, state = nnx.split(model)
     leaves, treedef = jax.tree.flatten(state)
 
     @jax.jit
-    def f(leaves, x):
-        return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(x)
+    def f(leaves, extra, x):
+        return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(x, *extra)
 
-    return lambda x: f(leaves, x)
+    return lambda x: f(leaves, extra, x)
 
 
 def build(names, seed=0, mps_contraction=None, tt_method=None):
@@ -138,9 +146,17 @@ def bench(args) -> dict:
     fns = {n: jitted(m) for n, m in models.items()}
     params = {n: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(nnx.state(m, nnx.Param)))
               for n, m in models.items()}
+    if "mps" in models:
+        names.append("mps_planned")
     rows = []
     rng = np.random.default_rng(0)
     for batch in args.batch:
+        if "mps" in models:  # the plan (method + core layout) for this batch, formed once
+            plan = mps_lib.plan_contraction(models["mps"].mps.params, batch,
+                                            method=args.mps_contraction)
+            fns["mps_planned"] = jitted(models["mps"], plan)
+            print(f"  batch {batch}: planned MPS contraction {plan.method!r}, "
+                  f"{plan.sites_per_step} site(s) per step", flush=True)
         x = jnp.asarray(rng.uniform(size=(batch, 784)), jnp.float32)
         load_before = load_avg()
         t = time_interleaved(fns, x, args.rounds)

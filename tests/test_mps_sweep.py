@@ -181,3 +181,17 @@ def test_auto_rule_picks_tree_for_tiny_batches_on_cpu():
     assert mps.choose_method(196, 2, 20, 1, backend="cpu") == "tree"
     assert mps.choose_method(196, 2, 20, 256, backend="cpu") == "scan"
     assert mps.choose_method(784, 3, 10, 500, backend="cpu") == "scan"
+
+
+@pytest.mark.parametrize("batch, method", [(1, None), (256, None), (3, "scan"), (3, "chunked")])
+def test_planned_contraction_equals_contract(batch, method):
+    """A precomputed ContractionPlan gives contract's values, for the methods it picks."""
+    n, d, chi, m = 23, 2, 5, 3
+    params = random_params(8, n, d, chi, m)
+    phi = trig(uniform(9, (batch, n)), d)
+    plan = mps.plan_contraction(params, batch, method=method)
+    assert plan.method == (method or mps.choose_method(n, d, chi, batch))
+    z, log_norm = mps.contract_planned(plan, phi)
+    z_ref, log_ref = mps.contract(params, phi, method="scan")
+    np.testing.assert_allclose(z, z_ref, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(log_norm, log_ref, rtol=2e-5, atol=2e-5)

@@ -23,6 +23,7 @@ Einsum letters: b batch · n/s site · p physical · l/r bond · o output.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -38,6 +39,9 @@ __all__ = [
     "MPSParams",
     "init_mps",
     "contract",
+    "ContractionPlan",
+    "plan_contraction",
+    "contract_planned",
     "choose_method",
     "METHODS",
     "contract_dense",
@@ -288,36 +292,58 @@ def _segment_tree(v0: Array, cores: Array, phis: Array) -> tuple[Array, Array]:
     return v, log_p + log_v
 
 
-def _tree_halves(L, R, phi, params, k: int):
+def _bit_reversal(size: int) -> np.ndarray:
+    """Permutation p of range(size) (a power of two) with p[j] = j's bits reversed."""
+    bits = max(0, size.bit_length() - 1)
+    return np.array([int(format(j, f"0{bits}b")[::-1], 2) if bits else 0 for j in range(size)])
+
+
+def _tree_size(n: int, k: int) -> int:
+    """Leaves per lane of the "tree" plan: the longer half rounded up to a power of two."""
+    return 1 << max(0, (max(k - 1, n - k - 1) - 1).bit_length())
+
+
+def _tree_cores(params: MPSParams) -> Array:
+    """The cores in the layout of `_tree_run` (depends on the parameters only).
+
+    Left half in natural order with identity sites after it, right half in natural order
+    with identity sites before it, both padded to `_tree_size` and stored bit-reversed →
+    (size, 2, d, χ, χ).
+    """
+    n, d, chi, m, k = mps_dims(params)
+    size = _tree_size(n, k)
+    order = _bit_reversal(size)
+    c_l = _pad_cores(params.left, size)
+    c_r = _pad_cores(params.right[::-1], size)[::-1]
+    return jnp.stack([c_l[order], c_r[order]], axis=1)
+
+
+def _tree_run(cores: Array, L, R, phi, k: int):
     """"tree" for both half-chains at once, as two lanes of one pairwise reduction.
 
-    L, R (B, χ) unit boundary vectors; phi (B, n, d) prenormalised → (L', R', log_l, log_r)
-    with L' ∝ L·M_1⋯M_{k-1} and R' ∝ M_k⋯M_{n-2}·R unit vectors. The halves keep their
-    natural site order (no reversal); both are padded with identity matrices to one power of
-    two, so each of the log₂ levels is one batched product, one normalisation and no
-    reshuffling: few, larger operations, which is what a small batch needs.
+    cores from `_tree_cores`; L, R (B, χ) unit boundary vectors; phi (B, n, d) prenormalised
+    → (L', R', log_l, log_r) with L' ∝ L·M_1⋯M_{k-1} and R' ∝ M_k⋯M_{n-2}·R unit vectors.
+    With the leaves stored bit-reversed, the factors to multiply at every level are the first
+    and the second half of the array (contiguous, no gather or strided copy), so each of the
+    log₂ levels is one batched product and one normalisation: few operations, which is what
+    a small batch needs. The site matrices themselves are not normalised (φ has max-abs 1
+    and the cores are O(1): one product cannot overflow); every product is.
     """
     n = phi.shape[1]
-    chi = L.shape[-1]
-    s_l, s_r = k - 1, n - k - 1
-    size = 1 << max(0, (max(s_l, s_r) - 1).bit_length())
-    eye = jnp.eye(chi, dtype=L.dtype)
-
-    def mats(cores, ph, count, at_end):
-        # site matrices (B, count, χ, χ), padded with identities to `size`
-        m = jnp.einsum("bsp,splr->bslr", ph, cores) if count else jnp.zeros((L.shape[0], 0, chi, chi), L.dtype)
-        pad = jnp.broadcast_to(eye, (L.shape[0], size - count, chi, chi))
-        return jnp.concatenate([m, pad] if at_end else [pad, m], axis=1)
-
-    # left: L·M_1⋯M_{k-1}, identities after; right: M_k⋯M_{n-2}·R, identities before
-    m = jnp.stack([mats(params.left, phi[:, 1:k], s_l, True),
-                   mats(params.right, phi[:, k : n - 1], s_r, False)])  # (2, B, size, χ, χ)
-    m, logs = _normalise_mats(m)
-    logs = jnp.sum(logs, axis=2)
-    while m.shape[2] > 1:
-        m, lp = _normalise_mats(jnp.einsum("gbsij,gbsjk->gbsik", m[:, :, 0::2], m[:, :, 1::2]))
-        logs = logs + jnp.sum(lp, axis=2)
-    m = m[:, :, 0]
+    size = cores.shape[0]
+    order = _bit_reversal(size)
+    p_l = _pad_features(phi[:, 1:k], size)
+    p_r = _pad_features(phi[:, k : n - 1][:, ::-1], size)[:, ::-1]
+    feats = jnp.einsum("bgsp->sgbp", jnp.stack([p_l[:, order], p_r[:, order]], axis=1))
+    m = feats[..., 0, None, None] * cores[:, :, None, 0]
+    for p in range(1, cores.shape[2]):  # Σ_p φ_p A_p, elementwise: (size, 2, B, χ, χ)
+        m = m + feats[..., p, None, None] * cores[:, :, None, p]
+    logs = jnp.zeros(m.shape[1:3], m.dtype)
+    while m.shape[0] > 1:
+        h = m.shape[0] // 2
+        m, lp = _normalise_mats(jnp.einsum("sgbij,sgbjk->sgbik", m[:h], m[h:]))
+        logs = logs + jnp.sum(lp, axis=0)
+    m = m[0]
     Lp, log_lv = _normalise(jnp.einsum("bi,bij->bj", L, m[0]))
     Rp, log_rv = _normalise(jnp.einsum("bij,bj->bi", m[1], R))
     return Lp, Rp, logs[0] + log_lv, logs[1] + log_rv
@@ -396,17 +422,18 @@ def _auto_chunk(n_seg: int) -> int:
     return int(min(64, max(8, round(n_seg**0.5))))
 
 
-def _sites_per_step(d: int, chi: int) -> int:
+def _sites_per_step(d: int, chi: int, batch: int) -> int:
     """Sites merged into one step of the fused scan (`mps_sweep.merge_sites`).
 
     Merging k sites costs d^k / (k·d) times the arithmetic (free for d = 2, k = 2; 1.5× for
-    d = 3) plus forming the merged cores, (n/k)·d^k·χ³, for k times fewer sequential steps.
-    Forward+backward, CPU time per call (2 cores, jax 0.10.2, load ~4.7, k = 1 / 2):
+    d = 3) plus forming the merged cores, (n/k)·d^k·χ³ per call whatever the batch, for k
+    times fewer sequential steps. Forward+backward, CPU time per call (2 cores, jax 0.10.2,
+    load ~4.7, k = 1 / 2):
       n 196 d 2 χ 20 B 128:  5.5 / 4.7 ms      n 196 d 2 χ 32 B 256: 13.6 / 13.8 ms
       n 784 d 3 χ 10 B 500: 29.1 / 32.4 ms
-    so two sites per step for d = 2 and small χ, one otherwise.
+    so two sites per step for d = 2, small χ and batches large enough to amortise the merge.
     """
-    return 2 if d == 2 and chi <= 24 else 1
+    return 2 if d == 2 and chi <= 24 and batch >= 64 else 1
 
 
 def _prenormalise(phi: Array) -> tuple[Array, Array]:
@@ -425,69 +452,98 @@ def _prenormalise(phi: Array) -> tuple[Array, Array]:
     return phi * inv[..., None], jnp.sum(jnp.where(ok, jnp.log(safe), 0.0), axis=-1)
 
 
-def _lane_inputs(cores_list, phis_list, k: int):
-    """Equal-length sweep-order segments of G lanes → the fused sweep's W and φ arrays.
-
-    cores_list: G arrays (S, d, χi, χo); phis_list: G arrays (B, S, d); S divisible by k →
-    W (S/k, G, χo, d^k·χi), φ (S/k, G, d^k, B).
-    """
-    ws, ps = [], []
-    for cores, phi in zip(cores_list, phis_list):
-        merged = mps_sweep.merge_sites(cores, k) if k > 1 else cores  # (S', D, i, o)
-        s_, dd, ci, co = merged.shape
-        ws.append(jnp.reshape(jnp.einsum("spio->sopi", merged), (s_, co, dd * ci)))
-        pm = mps_sweep.merge_features(phi, k) if k > 1 else phi  # (B, S', D)
-        ps.append(jnp.einsum("bsp->spb", pm))
-    return jnp.stack(ws, axis=1), jnp.stack(ps, axis=1)
-
-
-def _pad_sites(cores: Array, phi: Array, length: int) -> tuple[Array, Array]:
-    """Append identity sites (A[0] = I, A[p>0] = 0, φ = e_0) up to `length` sites.
-
-    cores (S, d, χi, χo), phi (B, S, d) → (length, d, χi, χo), (B, length, d); an identity
-    site leaves the running vector (and its norm) unchanged.
-    """
+def _pad_cores(cores: Array, length: int) -> Array:
+    """Append identity sites (A[0] = I, A[p>0] = 0) up to `length`: (S, d, χ, χ) → (length, …)."""
     extra = length - cores.shape[0]
     if extra == 0:
-        return cores, phi
-    s, d, ci, co = cores.shape
+        return cores
+    _, d, ci, co = cores.shape
     eye = jnp.zeros((extra, d, ci, co), cores.dtype).at[:, 0].set(jnp.eye(ci, co, dtype=cores.dtype))
-    e0 = jnp.zeros((phi.shape[0], extra, d), phi.dtype).at[:, :, 0].set(1.0)
-    return jnp.concatenate([cores, eye]), jnp.concatenate([phi, e0], axis=1)
+    return jnp.concatenate([cores, eye])
 
 
-def _fused_halves(L, R, c_left, phi_left, c_right, phi_right, k: int, unroll: int):
-    """Sweep both half-chains with `mps_sweep.sweep`, as two lanes of one sweep.
+def _pad_features(phi: Array, length: int) -> Array:
+    """Append e_0 feature vectors (the partners of `_pad_cores`' identity sites) up to
+    `length`: (B, S, d) → (B, length, d). An identity site leaves the vector and its norm
+    unchanged."""
+    extra = length - phi.shape[1]
+    if extra == 0:
+        return phi
+    e0 = jnp.zeros((phi.shape[0], extra, phi.shape[2]), phi.dtype).at[:, :, 0].set(1.0)
+    return jnp.concatenate([phi, e0], axis=1)
 
-    L, R (χ, B) unit start vectors; c_* (S_*, d, χi, χo) and phi_* (B, S_*, d) in sweep order
-    (the right half reversed). Both halves are padded with identity sites to a common length
-    that k divides, unless one is much longer than the other (an output core far from the
-    middle): then the lanes cover the shorter length and the longer half's excess is swept
-    alone afterwards. Returns (L, R, log_l, log_r), L and R (χ, B).
+
+def _scan_segments(s_l: int, s_r: int, k: int):
+    """Static plan of the fused scan over half-chains of s_l and s_r sites (sweep order).
+
+    Returns (common, lanes_len, excess_half, excess_len): both halves' first `common` sites
+    are swept together as two lanes, padded with identity sites to `lanes_len` (a multiple
+    of k); if one half is much longer (an output core far from the middle), its remaining
+    sites are swept alone afterwards, padded to `excess_len`. Small differences are padded
+    instead, so one sweep covers everything.
     """
-    s_l, s_r = c_left.shape[0], c_right.shape[0]
     common, longest = min(s_l, s_r), max(s_l, s_r)
     up = lambda s: -(-s // k) * k  # noqa: E731
     if longest - common <= max(k, common // 8):
         common = longest
-    n_lanes = up(common)
-    pieces = []
-    for cores, phi in ((c_left, phi_left), (c_right, phi_right)):
-        c, p = _pad_sites(cores[:common], phi[:, :common], n_lanes)
-        pieces.append((c, p))
-    logs = jnp.zeros((2,) + L.shape[1:], L.dtype)
+    excess_half = 0 if s_l > s_r else 1
+    return common, up(common), excess_half, up(longest - common)
+
+
+def _scan_matrices(cores: Array, k: int) -> Array:
+    """Sweep-order cores (S, d, χi, χo), S divisible by k → step matrices (S/k, χo, d^k·χi)."""
+    merged = mps_sweep.merge_sites(cores, k) if k > 1 else cores  # (S', D, i, o)
+    s_, dd, ci, co = merged.shape
+    return jnp.reshape(jnp.einsum("spio->sopi", merged), (s_, co, dd * ci))
+
+
+def _scan_features(phi: Array, k: int) -> Array:
+    """Sweep-order features (B, S, d), S divisible by k → (S/k, d^k, B)."""
+    pm = mps_sweep.merge_features(phi, k) if k > 1 else phi
+    return jnp.einsum("bsp->spb", pm)
+
+
+def _halves_in_sweep_order(params: MPSParams):
+    """(left cores (k-1, d, l, r), right cores reversed (n-k-1, d, r, l)): the vector enters
+    on the first bond index and leaves on the second."""
+    return params.left, jnp.einsum("splr->sprl", params.right)[::-1]
+
+
+def _scan_weights(params: MPSParams, k: int) -> tuple:
+    """The step matrices of the fused scan (depend on the parameters only): (W lanes
+    (S', 2, χ, D·χ), W of the excess (S'', 1, χ, D·χ) or None)."""
+    n, d, chi, m, ko = mps_dims(params)
+    common, lanes_len, half, excess_len = _scan_segments(ko - 1, n - ko - 1, k)
+    halves = _halves_in_sweep_order(params)
+    w_lanes = None
+    if lanes_len:
+        w_lanes = jnp.stack([_scan_matrices(_pad_cores(c[:common], lanes_len), k) for c in halves], 1)
+    w_excess = None
+    if excess_len:
+        w_excess = _scan_matrices(_pad_cores(halves[half][common:], excess_len), k)[:, None]
+    return w_lanes, w_excess
+
+
+def _scan_run(weights: tuple, L, R, phi_left, phi_right, k: int, unroll: int):
+    """Sweep both half-chains with `mps_sweep.sweep`, as two lanes of one sweep.
+
+    weights from `_scan_weights`; L, R (χ, B) unit start vectors; phi_* (B, S_*, d) in sweep
+    order (the right half reversed). Returns (L, R, log_l, log_r), L and R (χ, B).
+    """
+    w_lanes, w_excess = weights
+    common, lanes_len, half, excess_len = _scan_segments(phi_left.shape[1], phi_right.shape[1], k)
     v = jnp.stack([L, R])
-    if n_lanes:
-        w, p = _lane_inputs([c for c, _ in pieces], [p for _, p in pieces], k)
-        v, logs = mps_sweep.sweep(v, w, p, unroll)
+    logs = jnp.zeros((2,) + L.shape[1:], L.dtype)
+    if lanes_len:
+        p = jnp.stack([_scan_features(_pad_features(ph[:, :common], lanes_len), k)
+                       for ph in (phi_left, phi_right)], axis=1)
+        v, logs = mps_sweep.sweep(v, w_lanes, p, unroll)
     vs, lg = [v[0], v[1]], [logs[0], logs[1]]
-    if longest > common:  # the longer half's excess, one lane
-        g = 0 if s_l > s_r else 1
-        cores, phi = (c_left, phi_left) if g == 0 else (c_right, phi_right)
-        c, p = _pad_sites(cores[common:], phi[:, common:], up(longest - common))
-        w, p = _lane_inputs([c], [p], k)
-        v1, l1 = mps_sweep.sweep(vs[g][None], w, p, unroll)
-        vs[g], lg[g] = v1[0], lg[g] + l1[0]
+    if excess_len:  # the longer half's remaining sites, one lane
+        ph = (phi_left, phi_right)[half]
+        p = _scan_features(_pad_features(ph[:, common:], excess_len), k)[:, None]
+        v1, l1 = mps_sweep.sweep(vs[half][None], w_excess, p, unroll)
+        vs[half], lg[half] = v1[0], lg[half] + l1[0]
     return vs[0], vs[1], lg[0], lg[1]
 
 
@@ -501,6 +557,12 @@ def _contract_impl(
     chunk: int | None = None,
     sites_per_step: int | None = None,
 ):
+    return _contract_core(params, phi, arrangement, unroll, method, chunk, sites_per_step, None)
+
+
+def _contract_core(params, phi, arrangement, unroll, method, chunk, sites_per_step, prepared):
+    """`contract`'s body; `prepared` is the method's parameter layout from a
+    `ContractionPlan` (None: formed here, inside the differentiated function)."""
     n, d, chi, m, k = mps_dims(params)
     if phi.ndim != 3 or phi.shape[1] != n or phi.shape[2] != d:
         raise DistillError(
@@ -516,15 +578,16 @@ def _contract_impl(
     R, log_r = _normalise(jnp.einsum("bp,pl->bl", phi[:, n - 1], params.last))
     phi_left = phi[:, 1:k]  # (B, k-1, d), sites 1..k-1 left to right
     phi_right = phi[:, k : n - 1][:, ::-1]  # sites n-2..k, right to left
-    c_left = params.left  # (s, p, l, r): enters on l, leaves on r
-    c_right = jnp.einsum("splr->sprl", params.right)[::-1]  # enters on r, leaves on l
+    c_left, c_right = _halves_in_sweep_order(params)
 
     if method == "tree":
-        L, R, ls, rs = _tree_halves(L, R, phi, params, k)
+        cores = _tree_cores(params) if prepared is None else prepared
+        L, R, ls, rs = _tree_run(cores, L, R, phi, k)
         log_l, log_r = log_l + ls, log_r + rs
     elif method == "scan":
-        kk = sites_per_step or _sites_per_step(d, chi)
-        Lt, Rt, ls, rs = _fused_halves(L.T, R.T, c_left, phi_left, c_right, phi_right, kk, unroll)
+        kk = sites_per_step or _sites_per_step(d, chi, phi.shape[0])
+        weights = _scan_weights(params, kk) if prepared is None else prepared
+        Lt, Rt, ls, rs = _scan_run(weights, L.T, R.T, phi_left, phi_right, kk, unroll)
         L, R = Lt.T, Rt.T
         log_l, log_r = log_l + ls, log_r + rs
     else:
@@ -553,6 +616,64 @@ def _contract_impl(
     log_r = jnp.where(jnp.any(R != 0, axis=-1), log_r, 0.0)
     z = jnp.einsum("bl,lor,br->bo", L, params.out, R)
     return z, log_phi + log_l + log_r
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=("params", "prepared"), meta_fields=("method", "sites_per_step"),
+)
+@dataclasses.dataclass(frozen=True)
+class ContractionPlan:
+    """An MPS with its cores already laid out for one contraction method (inference).
+
+    `contract` forms these layouts (reversed halves, identity padding, merged sites, the
+    bit-reversed stack of the tree) from the parameters on every call, inside the function
+    it differentiates. With fixed parameters they can be formed once: `plan_contraction`
+    does that, `contract_planned` uses them. A pytree (method and sites per step static).
+    """
+
+    params: MPSParams
+    prepared: object  # scan: (W lanes, W excess | None); tree: (size, 2, d, χ, χ); else None
+    method: str
+    sites_per_step: int
+
+
+def plan_contraction(params: MPSParams, batch: int, *, method: str | None = None) -> ContractionPlan:
+    """Choose the method for `batch` (`choose_method`) and precompute its core layout.
+
+    Raises:
+      DistillError: an unknown method.
+    """
+    n, d, chi, m, k = mps_dims(params)
+    method = method or choose_method(n, d, chi, int(batch))
+    if method not in METHODS:
+        raise DistillError(f"MPS plan_contraction: method must be one of {METHODS} or None, got {method!r}")
+    kk = _sites_per_step(d, chi, int(batch))
+    prepared = _prepare(params, method, kk)
+    return ContractionPlan(params, prepared, method, kk)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "k"))
+def _prepare(params, method, k):
+    if method == "tree":
+        return _tree_cores(params)
+    if method == "scan":
+        return _scan_weights(params, k)
+    return None
+
+
+@jax.jit
+def contract_planned(plan: ContractionPlan, phi: Array) -> tuple[Array, Array]:
+    """`contract(plan.params, phi, method=plan.method)` with the precomputed core layout:
+    the same (z (B, m), log_norm (B,)) for phi (B, n, d), less per-call work (what a
+    batch-1 prediction needs). Differentiable in phi; gradients do not reach the plan's
+    prepared layouts' source parameters (it is for inference).
+
+    Raises:
+      DistillError: phi not (batch, n, d).
+    """
+    return _contract_core(plan.params, phi, None, 1, plan.method, None, plan.sites_per_step,
+                          plan.prepared)
 
 
 def _arrange_sweep(cores: Array, arrangement: str) -> Array:
