@@ -298,46 +298,59 @@ def _bit_reversal(size: int) -> np.ndarray:
     return np.array([int(format(j, f"0{bits}b")[::-1], 2) if bits else 0 for j in range(size)])
 
 
-def _tree_size(n: int, k: int) -> int:
-    """Leaves per lane of the "tree" plan: the longer half rounded up to a power of two."""
-    return 1 << max(0, (max(k - 1, n - k - 1) - 1).bit_length())
+def _tree_size(n: int, k: int, leaf: int) -> int:
+    """Leaves per lane of the "tree": the longer half in leaves of `leaf` sites, rounded up
+    to a power of two."""
+    sites = max(k - 1, n - k - 1)
+    return 1 << max(0, (-(-sites // leaf) - 1).bit_length())
 
 
-def _tree_cores(params: MPSParams) -> Array:
+def _tree_leaf_sites(d: int, chi: int, batch: int) -> int:
+    """Sites merged into one leaf of the tree (`mps_sweep.merge_sites`): 2 for d = 2 (the
+    same work per leaf pair, one level and half the leaves fewer), else 1."""
+    return 2 if d == 2 else 1
+
+
+def _tree_cores(params: MPSParams, leaf: int) -> Array:
     """The cores in the layout of `_tree_run` (depends on the parameters only).
 
     Left half in natural order with identity sites after it, right half in natural order
-    with identity sites before it, both padded to `_tree_size` and stored bit-reversed →
-    (size, 2, d, χ, χ).
+    with identity sites before it, both padded to `_tree_size`·leaf sites, `leaf`
+    consecutive sites merged into one leaf (d^leaf components), stored bit-reversed →
+    (size, 2, d^leaf, χ, χ).
     """
     n, d, chi, m, k = mps_dims(params)
-    size = _tree_size(n, k)
+    size = _tree_size(n, k, leaf)
     order = _bit_reversal(size)
-    c_l = _pad_cores(params.left, size)
-    c_r = _pad_cores(params.right[::-1], size)[::-1]
+    c_l = _pad_cores(params.left, size * leaf)
+    c_r = _pad_cores(params.right[::-1], size * leaf)[::-1]
+    if leaf > 1:
+        c_l, c_r = mps_sweep.merge_sites(c_l, leaf), mps_sweep.merge_sites(c_r, leaf)
     return jnp.stack([c_l[order], c_r[order]], axis=1)
 
 
-def _tree_run(cores: Array, L, R, phi, k: int):
+def _tree_run(cores: Array, L, R, phi, k: int, leaf: int):
     """"tree" for both half-chains at once, as two lanes of one pairwise reduction.
 
-    cores from `_tree_cores`; L, R (B, χ) unit boundary vectors; phi (B, n, d) prenormalised
-    → (L', R', log_l, log_r) with L' ∝ L·M_1⋯M_{k-1} and R' ∝ M_k⋯M_{n-2}·R unit vectors.
-    With the leaves stored bit-reversed, the factors to multiply at every level are the first
-    and the second half of the array (contiguous, no gather or strided copy), so each of the
-    log₂ levels is one batched product and one normalisation: few operations, which is what
-    a small batch needs. The site matrices themselves are not normalised (φ has max-abs 1
-    and the cores are O(1): one product cannot overflow); every product is.
+    cores from `_tree_cores` (same `leaf`); L, R (B, χ) unit boundary vectors; phi (B, n, d)
+    prenormalised → (L', R', log_l, log_r) with L' ∝ L·M_1⋯M_{k-1} and R' ∝ M_k⋯M_{n-2}·R
+    unit vectors. With the leaves stored bit-reversed, the factors to multiply at every level
+    are the first and the second half of the array (contiguous, no gather or strided copy),
+    so each of the log₂ levels is one batched product and one normalisation: few operations,
+    which is what a small batch needs. The leaf matrices themselves are not normalised (φ
+    has max-abs 1 and the cores are O(1): one product cannot overflow); every product is.
     """
     n = phi.shape[1]
     size = cores.shape[0]
     order = _bit_reversal(size)
-    p_l = _pad_features(phi[:, 1:k], size)
-    p_r = _pad_features(phi[:, k : n - 1][:, ::-1], size)[:, ::-1]
+    p_l = _pad_features(phi[:, 1:k], size * leaf)
+    p_r = _pad_features(phi[:, k : n - 1][:, ::-1], size * leaf)[:, ::-1]
+    if leaf > 1:
+        p_l, p_r = mps_sweep.merge_features(p_l, leaf), mps_sweep.merge_features(p_r, leaf)
     feats = jnp.einsum("bgsp->sgbp", jnp.stack([p_l[:, order], p_r[:, order]], axis=1))
-    m = feats[..., 0, None, None] * cores[:, :, None, 0]
-    for p in range(1, cores.shape[2]):  # Σ_p φ_p A_p, elementwise: (size, 2, B, χ, χ)
-        m = m + feats[..., p, None, None] * cores[:, :, None, p]
+    chi = cores.shape[-1]
+    m = jnp.einsum("sgbp,sgpx->sgbx", feats, jnp.reshape(cores, cores.shape[:3] + (chi * chi,)))
+    m = jnp.reshape(m, m.shape[:3] + (chi, chi))  # Σ_p φ_p A_p: (size, 2, B, χ, χ)
     logs = jnp.zeros(m.shape[1:3], m.dtype)
     while m.shape[0] > 1:
         h = m.shape[0] // 2
@@ -581,8 +594,9 @@ def _contract_core(params, phi, arrangement, unroll, method, chunk, sites_per_st
     c_left, c_right = _halves_in_sweep_order(params)
 
     if method == "tree":
-        cores = _tree_cores(params) if prepared is None else prepared
-        L, R, ls, rs = _tree_run(cores, L, R, phi, k)
+        leaf = sites_per_step or _tree_leaf_sites(d, chi, phi.shape[0])
+        cores = _tree_cores(params, leaf) if prepared is None else prepared
+        L, R, ls, rs = _tree_run(cores, L, R, phi, k, leaf)
         log_l, log_r = log_l + ls, log_r + rs
     elif method == "scan":
         kk = sites_per_step or _sites_per_step(d, chi, phi.shape[0])
@@ -648,7 +662,10 @@ def plan_contraction(params: MPSParams, batch: int, *, method: str | None = None
     method = method or choose_method(n, d, chi, int(batch))
     if method not in METHODS:
         raise DistillError(f"MPS plan_contraction: method must be one of {METHODS} or None, got {method!r}")
-    kk = _sites_per_step(d, chi, int(batch))
+    if method == "tree":
+        kk = _tree_leaf_sites(d, chi, int(batch))
+    else:
+        kk = _sites_per_step(d, chi, int(batch))
     prepared = _prepare(params, method, kk)
     return ContractionPlan(params, prepared, method, kk)
 
@@ -656,7 +673,7 @@ def plan_contraction(params: MPSParams, batch: int, *, method: str | None = None
 @functools.partial(jax.jit, static_argnames=("method", "k"))
 def _prepare(params, method, k):
     if method == "tree":
-        return _tree_cores(params)
+        return _tree_cores(params, k)
     if method == "scan":
         return _scan_weights(params, k)
     return None
