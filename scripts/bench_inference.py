@@ -41,6 +41,7 @@ from flax import nnx  # noqa: E402
 
 from distill.nn import MPS, TTLinear  # noqa: E402
 from distill.tn import mps as mps_lib  # noqa: E402
+from distill.tn import tt as tt_lib  # noqa: E402
 
 
 def load_avg() -> list[float]:
@@ -69,8 +70,14 @@ class TTStudent(nnx.Module):
                            method=method, rngs=rngs)
         self.l3 = nnx.Linear(512, 10, rngs=rngs)
 
-    def __call__(self, x):
-        return self.l3(self.l2(self.l1(x)))
+    def __call__(self, x, plans=None):
+        if plans is None:
+            return self.l3(self.l2(self.l1(x)))
+        # what TTLinear.__call__(x, plan=...) would do: W's fixed products formed once
+        # (tn.tt.tt_plan), then only the per-call GEMMs
+        for layer, plan in zip((self.l1, self.l2), plans):
+            x = jax.nn.relu(tt_lib.tt_matvec_planned(plan, x) + layer.bias[...])
+        return self.l3(x)
 
 
 class MPSStudent(nnx.Module):
@@ -148,6 +155,8 @@ def bench(args) -> dict:
               for n, m in models.items()}
     if "mps" in models:
         names.append("mps_planned")
+    if "tt" in models:
+        names.append("tt_planned")
     rows = []
     rng = np.random.default_rng(0)
     for batch in args.batch:
@@ -157,6 +166,11 @@ def bench(args) -> dict:
             fns["mps_planned"] = jitted(models["mps"], plan)
             print(f"  batch {batch}: planned MPS contraction {plan.method!r}, "
                   f"{plan.sites_per_step} site(s) per step", flush=True)
+        if "tt" in models:
+            plans = tuple(tt_lib.tt_plan(layer.core_arrays, batch)
+                          for layer in (models["tt"].l1, models["tt"].l2))
+            fns["tt_planned"] = jitted(models["tt"], plans)
+            print(f"  batch {batch}: planned TT layers {[p.method for p in plans]}", flush=True)
         x = jnp.asarray(rng.uniform(size=(batch, 784)), jnp.float32)
         load_before = load_avg()
         t = time_interleaved(fns, x, args.rounds)
