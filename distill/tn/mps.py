@@ -352,10 +352,17 @@ def _tree_run(cores: Array, L, R, phi, k: int, leaf: int):
     m = jnp.einsum("sgbp,sgpx->sgbx", feats, jnp.reshape(cores, cores.shape[:3] + (chi * chi,)))
     m = jnp.reshape(m, m.shape[:3] + (chi, chi))  # Σ_p φ_p A_p: (size, 2, B, χ, χ)
     logs = jnp.zeros(m.shape[1:3], m.dtype)
+    level = 0
     while m.shape[0] > 1:
         h = m.shape[0] // 2
-        m, lp = _normalise_mats(jnp.einsum("sgbij,sgbjk->sgbik", m[:h], m[h:]))
-        logs = logs + jnp.sum(lp, axis=0)
+        m = jnp.einsum("sgbij,sgbjk->sgbik", m[:h], m[h:])
+        level += 1
+        if level % 2 == 0 or m.shape[0] == 1:
+            # every second level (and the last): a product of factors of Frobenius norm ≤ 1
+            # has norm ≤ 1, so skipping one normalisation cannot overflow, and four unit
+            # factors do not come near float32's underflow
+            m, lp = _normalise_mats(m)
+            logs = logs + jnp.sum(lp, axis=0)
     m = m[0]
     Lp, log_lv = _normalise(jnp.einsum("bi,bij->bj", L, m[0]))
     Rp, log_rv = _normalise(jnp.einsum("bij,bj->bi", m[1], R))
