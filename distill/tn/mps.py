@@ -311,6 +311,15 @@ def _tree_size(n: int, k: int, leaf: int) -> int:
     return 1 << max(0, (-(-sites // leaf) - 1).bit_length())
 
 
+def _static_batch(b) -> int:
+    """The batch size as an int for the size-based choices; a symbolic batch (an ONNX export with
+    a dynamic batch axis) counts as large: the training-size choices, valid for any batch."""
+    try:
+        return int(b)
+    except Exception:  # noqa: BLE001 - jax.export's symbolic dimensions refuse int()
+        return 1 << 30
+
+
 def _tree_leaf_sites(d: int, chi: int, batch: int) -> int:
     """Sites merged into one leaf of the tree (`mps_sweep.merge_sites`): 2 for d = 2 (the
     same work per leaf pair, one level and half the leaves fewer), else 1."""
@@ -594,8 +603,9 @@ def _contract_core(params, phi, arrangement, unroll, method, chunk, sites_per_st
         raise DistillError(
             f"MPS contract: phi must have shape (batch, {n}, {d}), got {tuple(phi.shape)}"
         )
+    batch = _static_batch(phi.shape[0])
     if method is None:
-        method = choose_method(n, d, chi, phi.shape[0])
+        method = choose_method(n, d, chi, batch)
     if method not in METHODS + _PRIVATE_METHODS:
         raise DistillError(f"MPS contract: method must be one of {METHODS} or None, got {method!r}")
 
@@ -607,12 +617,12 @@ def _contract_core(params, phi, arrangement, unroll, method, chunk, sites_per_st
     c_left, c_right = _halves_in_sweep_order(params)
 
     if method == "tree":
-        leaf = sites_per_step or _tree_leaf_sites(d, chi, phi.shape[0])
+        leaf = sites_per_step or _tree_leaf_sites(d, chi, batch)
         cores = _tree_cores(params, leaf) if prepared is None else prepared
         L, R, ls, rs = _tree_run(cores, L, R, phi, k, leaf)
         log_l, log_r = log_l + ls, log_r + rs
     elif method == "scan":
-        kk = sites_per_step or _sites_per_step(d, chi, phi.shape[0])
+        kk = sites_per_step or _sites_per_step(d, chi, batch)
         weights = _scan_weights(params, kk) if prepared is None else prepared
         Lt, Rt, ls, rs = _scan_run(weights, L.T, R.T, phi_left, phi_right, kk, unroll)
         L, R = Lt.T, Rt.T
