@@ -157,7 +157,25 @@ def _load(args: argparse.Namespace):
     return load_config(path, args.overrides)
 
 
+def _steady_malloc() -> None:
+    """Keep glibc from handing XLA's multi-MB per-call buffers back to the OS and mapping them
+    afresh (page faults on every call made latencies bimodal across processes; docs/bench/speed_ii.md):
+    raise the mmap and trim thresholds. Linux/glibc only; elsewhere nothing happens."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 1 << 31)  # M_TRIM_THRESHOLD
+
+
 def main(argv: list[str] | None = None) -> int:
+    _steady_malloc()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
