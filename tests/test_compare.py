@@ -16,7 +16,7 @@ from distill.tn.feature_maps import register_feature_map, unregister_feature_map
 TINY = {
     "name": "tiny_compare",
     "data": {"name": "digits", "train_fraction": 0.3},
-    "teacher": {"hidden": [32], "epochs": 2, "batch_size": 64},
+    "teacher": {"hidden": [32], "epochs": 4, "batch_size": 32, "lr": 5e-3},
     "student": {"bond_dim": 6},
     "distill": {"epochs": 1, "batch_size": 64},
     "compare": {
@@ -157,7 +157,7 @@ def test_check_map_pairwise_counts_vanishing_samples_on_data():
 TINY_LAYERS = {
     **TINY,
     "name": "tiny_compare_layers",
-    "teacher": {"hidden": [12, 8], "epochs": 2, "batch_size": 64},
+    "teacher": {"hidden": [12, 8], "epochs": 4, "batch_size": 32, "lr": 5e-3},
     "student": {"family": "mps_layers", "bond_dim": 3},
     "distill": {"mode": "staged", "layer_epochs": 1, "epochs": 1, "batch_size": 64},
     "compare": {"seeds": [0, 1], "budget": "params",

@@ -114,7 +114,7 @@ def inference_copy(model: nnx.Module, batch: int) -> nnx.Module:
     same outputs with less per-call work. The original is untouched (the plans are a snapshot of
     its current weights)."""
     copy = nnx.clone(model)
-    for _, module in copy.iter_modules():
+    for _, module in nnx.iter_modules(copy):
         prepare = getattr(module, "prepare_inference", None)
         if prepare is not None:
             prepare(int(batch))

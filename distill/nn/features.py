@@ -204,8 +204,8 @@ class SiteFeatures(nnx.Module):
             hidden, per_site = choice.learned
             lp = init_learned(rngs.params(), choice.d, hidden, n_sites if per_site else None, dtype)
             if not isinstance(lp.w1, jax.core.Tracer):  # a shape-only build has no weights to check
-                for i in range(n_sites) if per_site else (None,):
-                    validate_feature_map(make_feature_map("learned", check=False, params=lp, site=i))
+                for site in ({"site": i} for i in range(n_sites)) if per_site else ({},):
+                    validate_feature_map(make_feature_map("learned", check=False, params=lp, **site))
             self.phi_w1, self.phi_b1, self.phi_w2, self.phi_b2 = (nnx.Param(a) for a in lp)
             self.map_key = None
         else:

@@ -88,5 +88,6 @@ class LowRankLinear(nnx.Module):
                 f"{tuple(x.shape)}"
             )
         h = jnp.einsum("...i,ki->...k", x.astype(self.dtype), self.B[...])
-        y = jnp.einsum("...k,jk->...j", h, self.A[...]) + self.bias[...]
+        y = jnp.einsum("...k,jk->...j", h, self.A[...])
+        y = y + jnp.broadcast_to(self.bias[...], y.shape)
         return _apply_activation(self.activation, y)

@@ -183,4 +183,4 @@ class TTLinear(nnx.Module):
             y = tt_lib.tt_matvec(self.core_arrays, x.astype(self.dtype), method=self.method)
         else:
             y = tt_lib.tt_matvec_planned(plan[0], x.astype(self.dtype))
-        return _apply_activation(self.activation, y + self.bias[...])
+        return _apply_activation(self.activation, y + jnp.broadcast_to(self.bias[...], y.shape))

@@ -246,8 +246,11 @@ def learned(x, params: LearnedParams) -> Array:
     x = _as_float(x)
     w1, b1, w2, b2 = params
     if w2.ndim == 2:
-        h = jnp.tanh(x[..., None] * w1 + b1)  # (..., h)
-        return (jnp.einsum("...h,hp->...p", h, w2) + b2).astype(x.dtype)
+        shape = x.shape + w1.shape
+        h = jnp.tanh(jnp.broadcast_to(x[..., None], shape) * jnp.broadcast_to(w1, shape)
+                     + jnp.broadcast_to(b1, shape))  # (..., h)
+        y = jnp.einsum("...h,hp->...p", h, w2)
+        return (y + jnp.broadcast_to(b2, y.shape)).astype(x.dtype)
     if w2.ndim == 3:
         n = w2.shape[0]
         if x.ndim < 1 or x.shape[-1] != n:
@@ -255,8 +258,11 @@ def learned(x, params: LearnedParams) -> Array:
                 f"feature map 'learned': per-site parameters for {n} sites need inputs of "
                 f"shape (..., {n}), got {tuple(x.shape)}"
             )
-        h = jnp.tanh(x[..., None] * w1 + b1)  # (..., n, h)
-        return (jnp.einsum("...nh,nhp->...np", h, w2) + b2).astype(x.dtype)
+        shape = x.shape + w1.shape[-1:]
+        h = jnp.tanh(jnp.broadcast_to(x[..., None], shape) * jnp.broadcast_to(w1, shape)
+                     + jnp.broadcast_to(b1, shape))  # (..., n, h)
+        y = jnp.einsum("...nh,nhp->...np", h, w2)
+        return (y + jnp.broadcast_to(b2, y.shape)).astype(x.dtype)
     raise DistillError(
         f"feature map 'learned': w2 must have shape (h, d) or (n, h, d), got {w2.shape}"
     )

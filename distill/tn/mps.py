@@ -166,7 +166,7 @@ def _init_arrays(key, init_std, w, n_sites, d, chi, n_out, k, dtype) -> MPSParam
 
     def bulk(k_, n_cores):
         noise = jax.random.normal(k_, (n_cores, d, chi, chi), dtype)
-        return jnp.einsum("p,lr->plr", w, eye) + init_std * noise
+        return jnp.einsum("p,lr->plr", w, eye)[None] + init_std * noise
 
     def boundary(k_):
         return jnp.einsum("p,r->pr", w, e0) + init_std * jax.random.normal(k_, (d, chi), dtype)

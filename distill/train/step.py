@@ -110,7 +110,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_state=Non
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(state.params),
-               "update_norm": optax.tree.norm(updates), "lr": jnp.asarray(schedule(state.step), jnp.float32)}
+               "update_norm": optax.tree.norm(updates), "lr": jnp.asarray(schedule(state.step.astype(jnp.float32)), jnp.float32)}
     new = state._replace(params=params, rest=rest, opt_state=opt_state, step=state.step + 1)
     if ema is not None:
         new = new._replace(ema=jax.tree.map(lambda e, p: ema * e + (1.0 - ema) * p, state.ema, params))
