@@ -39,7 +39,9 @@ from distill.options import (
 )
 
 DATASET_NAMES = ("digits", "fashion_mnist", "mnist")
-ORDERINGS = ("row_major", "snake", "column_major")
+#: pixel → MPS site orders (`distill.data.orderings.site_order`): geometric ones, `random` (seeded by
+#: data.ordering_seed) and the data-driven `correlation` (from the training pixels)
+ORDERINGS = ("row_major", "snake", "column_major", "hilbert", "random", "correlation")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class DataConfig:
     data_dir: str | None = None  # IDX folder or TFDS data_dir; None = the default place
     downsample: int = field(default=1, metadata=at_least(1))  # average-pool factor (28→14: 2)
     ordering: str = field(default="row_major", metadata=choice(*ORDERINGS))  # pixel → MPS site order
+    # seed of the `random` ordering; null = the run's seed (the order is saved with the student)
+    ordering_seed: int | None = field(default=None, metadata=check("an integer ≥ 0", lambda v: v >= 0))
     val_fraction: float = field(default=0.1, metadata=fraction(lo_open=False, hi_open=True))
     train_fraction: float = field(default=1.0, metadata=fraction(lo_open=True, hi_open=False))
 
