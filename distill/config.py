@@ -184,7 +184,7 @@ class DistillConfig:
     """
 
     mode: str | tuple[str, ...] = field(default="end_to_end", metadata=check(
-        "end_to_end, layerwise, staged, labels_only, or a list of phases (end_to_end, layerwise, labels)",
+        "end_to_end, layerwise, staged, labels_only, or a list of phases (end_to_end, layerwise, labels, sweep)",
         _check_mode, choices=tuple(MODE_SHORTHANDS)))
     temperature: float = field(default=4.0, metadata=positive())
     alpha: float = field(default=0.9, metadata=fraction(lo_open=False, hi_open=False))
@@ -202,6 +202,16 @@ class DistillConfig:
     layer_target: str = field(default="post", metadata=choice("post", "pre"))  # match post- or pre-activations
     layer_epochs: int = field(default=10, metadata=at_least(1))
     layer_lr: float = field(default=1e-3, metadata=positive())
+    # DMRG-style sweep phase (`sweep`, family mps): full sweeps, local Adam steps per merged pair (on
+    # minibatches of batch_size), their learning rate (relative to the merged tensor's size), the
+    # discarded Schmidt weight allowed per bond, a bond cap (null = student.bond_dim, the storage), and how
+    # many training samples each sweep caches environments for
+    sweeps: int = field(default=4, metadata=at_least(1))
+    sweep_steps: int = field(default=20, metadata=check("an integer ≥ 0", lambda v: v >= 0))
+    sweep_lr: float = field(default=1e-3, metadata=positive())
+    sweep_cutoff: float = field(default=1e-4, metadata=fraction(lo_open=False, hi_open=True))
+    sweep_max_bond: int | None = field(default=None, metadata=at_least(1))
+    sweep_samples: int = field(default=8192, metadata=at_least(1))
 
     @property
     def phases(self) -> tuple[str, ...]:

@@ -185,8 +185,12 @@ def describe_student(cfg: Config, xs: StudentInputs, teacher) -> str:
 
 
 def check_phases(cfg: Config) -> None:
-    """Raises: DistillError for a phase the student's family cannot run."""
+    """Raises: DistillError for a phase the student's family cannot run (a phase module may add its own
+    `check_config(cfg)`)."""
     for name in cfg.distill.phases:
+        check = getattr(phases_lib.phase(name), "check_config", None)
+        if check is not None:
+            check(cfg)
         if phases_lib.phase(name).NEEDS_MIRROR and not students.is_mirror(cfg.student.family):
             mirrors = [n for n in students.families() if students.is_mirror(n)]
             raise DistillError(f"distill.mode: phase {name!r} needs a student with hidden layers; set student.family "

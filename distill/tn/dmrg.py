@@ -249,7 +249,7 @@ def split(W: Array, site_side: str, *, max_bond: int, cutoff) -> tuple[Array, Ar
     """
     _check_side("site_side", site_side)
     chi, d, m, _ = W.shape
-    if not 1 <= max_bond <= chi:
+    if isinstance(max_bond, (int, np.integer)) and not 1 <= max_bond <= chi:
         raise DistillError(f"dmrg split: max_bond must be in [1, {chi}] (the stored bond dimension), got {max_bond}")
     if site_side == "left":
         mat = W.reshape(chi * d, m * chi)
@@ -275,23 +275,37 @@ def split(W: Array, site_side: str, *, max_bond: int, cutoff) -> tuple[Array, Ar
 # ---------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("o_side", "site_side", "loss", "steps", "batch", "max_bond"),
-                   donate_argnames=("chain", "envs"))
 def local_update(chain: Chain, envs: Envs, j, phi: Array, g: Array, targets: dict, key: Array, lr, cutoff, *,
                  o_side: str, site_side: str, loss: Callable[[Array, dict], Array], steps: int, batch: int,
                  max_bond: int) -> tuple[Chain, Envs, dict]:
     """Merge site j with the output core, optimise, split, update the environment (module notes).
 
-    chain, envs (donated); j: the site (int, may be traced); phi (B, n, d) the features of the
-    cached samples; g (B,) their fixed log-scales; targets {name: (B, ...)} the loss reads as
-    batch[name] (e.g. KD: "t" teacher logits, "y" labels); key a PRNG key for the minibatches;
-    lr the Adam learning rate relative to rms(W); cutoff the per-bond discarded-weight cutoff.
-    Static: o_side / site_side ("left" or "right"), loss(logits (b, m), batch) → scalar (hashable),
-    steps (Adam steps, 0 = only move the output core), batch (minibatch size), max_bond (≤ χ).
-    Returns the new chain and environments and {"rank", "discarded", "loss"} (loss: the mean
-    minibatch loss over the steps, NaN when steps = 0).
+    chain, envs (consumed: their buffers are donated and updated in place); j: the site;
+    phi (B, n, d) the features of the cached samples; g (B,) their fixed log-scales; targets
+    {name: (B, ...)} the loss reads as batch[name] (e.g. KD: "t" teacher logits, "y" labels); key a
+    PRNG key for the minibatches; lr the Adam learning rate relative to rms(W); cutoff the per-bond
+    discarded-weight cutoff; o_side / site_side "left" or "right" (module notes);
+    loss(logits (b, m), batch) → scalar (hashable); steps Adam steps (0 = only move the output
+    core); batch the minibatch size; max_bond ≤ χ. All four side combinations share one compiled
+    program. Returns the new chain and environments and {"rank", "discarded", "loss"} (loss: the
+    mean minibatch loss over the steps, NaN when steps = 0).
+    Raises: DistillError for a side that is not "left" / "right" or max_bond outside [1, χ].
     """
-    W = merge(chain, j, o_side)
+    _check_side("o_side", o_side)
+    _check_side("site_side", site_side)
+    chi = chain.sites.shape[-1]
+    if not 1 <= max_bond <= chi:
+        raise DistillError(f"dmrg split: max_bond must be in [1, {chi}] (the stored bond dimension), got {max_bond}")
+    dt = chain.out.dtype
+    return _local_update(chain, envs, jnp.asarray(j, jnp.int32), phi, g, targets, key, jnp.asarray(lr, dt),
+                         jnp.asarray(cutoff, dt), jnp.asarray(o_side == "left"), jnp.asarray(site_side == "left"),
+                         jnp.asarray(max_bond, jnp.int32), loss=loss, steps=steps, batch=batch)
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "steps", "batch"), donate_argnames=("chain", "envs"))
+def _local_update(chain, envs, j, phi, g, targets, key, lr, cutoff, o_left, site_left, max_bond, *, loss, steps,
+                  batch):
+    W = jnp.where(o_left, merge(chain, j, "left"), merge(chain, j, "right"))  # both are small: no branch
     left, right = envs.left[j], envs.right[j + 1]
     ph = jnp.take(phi, j, axis=1).astype(W.dtype)
     log_scale = g + envs.left_log[j] + envs.right_log[j + 1]
@@ -319,18 +333,25 @@ def local_update(chain: Chain, envs: Envs, j, phi: Array, g: Array, targets: dic
         W = V * scale
         mean_loss = total / steps
 
-    site, out, rank, discarded = split(W, site_side, max_bond=max_bond, cutoff=cutoff)
+    site, out, rank, discarded = jax.lax.cond(
+        site_left, lambda w: split(w, "left", max_bond=max_bond, cutoff=cutoff),
+        lambda w: split(w, "right", max_bond=max_bond, cutoff=cutoff), W)
     sites = jax.lax.dynamic_update_index_in_dim(chain.sites, site, j, axis=0)
-    if site_side == "left":  # the site now lies left of the output core: extend the left environment
-        v, dl = _normalise(jnp.einsum("bl,bp,plr->br", left, ph, site))
-        envs = envs._replace(left=jax.lax.dynamic_update_index_in_dim(envs.left, v, j + 1, axis=0),
-                             left_log=jax.lax.dynamic_update_index_in_dim(envs.left_log, envs.left_log[j] + dl,
-                                                                          j + 1, axis=0))
-    else:
-        v, dl = _normalise(jnp.einsum("plr,bp,br->bl", site, ph, right))
-        envs = envs._replace(right=jax.lax.dynamic_update_index_in_dim(envs.right, v, j, axis=0),
-                             right_log=jax.lax.dynamic_update_index_in_dim(envs.right_log,
-                                                                           envs.right_log[j + 1] + dl, j, axis=0))
+
+    # the environment the step has fixed: left[j+1] when the site now lies left of the output core, else
+    # right[j]; both candidates are cheap (B·χ²·d), and selecting slices keeps the big arrays updated in place
+    v_l, dl_l = _normalise(jnp.einsum("bl,bp,plr->br", left, ph, site))
+    v_r, dl_r = _normalise(jnp.einsum("plr,bp,br->bl", site, ph, right))
+    i_l, i_r = j + 1, j
+    envs = Envs(
+        left=jax.lax.dynamic_update_index_in_dim(envs.left, jnp.where(site_left, v_l, envs.left[i_l]), i_l, axis=0),
+        left_log=jax.lax.dynamic_update_index_in_dim(
+            envs.left_log, jnp.where(site_left, envs.left_log[j] + dl_l, envs.left_log[i_l]), i_l, axis=0),
+        right=jax.lax.dynamic_update_index_in_dim(envs.right, jnp.where(site_left, envs.right[i_r], v_r), i_r,
+                                                  axis=0),
+        right_log=jax.lax.dynamic_update_index_in_dim(
+            envs.right_log, jnp.where(site_left, envs.right_log[i_r], envs.right_log[j + 1] + dl_r), i_r, axis=0),
+    )
     return Chain(sites, out), envs, {"rank": rank, "discarded": discarded, "loss": mean_loss}
 
 
@@ -381,13 +402,12 @@ def sweep(chain: Chain, k: int, phi: Array, g: Array, targets: dict, key: Array,
     envs = environments(chain, phi)
     info = {"ranks": [], "discarded": [], "loss": []}
     for i, st in enumerate(sweep_schedule(n, k)):
-        chain, envs, out = local_update(chain, envs, jnp.asarray(st.j, jnp.int32), phi, g, targets,
-                                        jax.random.fold_in(key, i), jnp.asarray(lr, chain.out.dtype),
-                                        jnp.asarray(cutoff, chain.out.dtype), o_side=st.o_side,
-                                        site_side=st.site_side, loss=loss, steps=steps, batch=batch,
-                                        max_bond=int(max_bond))
-        for name in info:
-            info[name].append(out[name])
+        chain, envs, out = local_update(chain, envs, st.j, phi, g, targets, jax.random.fold_in(key, i), lr, cutoff,
+                                        o_side=st.o_side, site_side=st.site_side, loss=loss, steps=steps,
+                                        batch=batch, max_bond=int(max_bond))
+        info["ranks"].append(out["rank"])
+        info["discarded"].append(out["discarded"])
+        info["loss"].append(out["loss"])
     return chain, {name: np.asarray(jax.device_get(v)) for name, v in info.items()}
 
 
