@@ -81,12 +81,18 @@ def _truncated_student(student: MPS, cfg: Config, chi: int, params: mps_lib.MPSP
     """A copy of the MPS student at bond dimension χ′ with the given cores (same map, order, scale)."""
     opts = dataclasses.replace(cfg.student.options, bond_dim=chi)
     h_w = student.n_sites
-    new = students.family("mps").build(opts, n_sites=h_w, image_shape=(1, h_w), n_classes=student.n_out,
-                                       site_order=np.asarray(student.site_order[...]), seed=cfg.seed)
-    nnx.update(new.site_features, nnx.state(student.site_features))
+    # built shape-only (no random init to compile), then every array is set
+    abstract = nnx.eval_shape(lambda: students.family("mps").build(
+        opts, n_sites=h_w, image_shape=(1, h_w), n_classes=student.n_out,
+        site_order=np.asarray(student.site_order[...]), seed=cfg.seed))
+    graphdef, state = nnx.split(abstract)
+    values = nnx.to_pure_dict(state)
+    values["site_features"] = nnx.to_pure_dict(nnx.state(student.site_features))
     for name in mps_lib.MPSParams._fields:
-        getattr(new, name)[...] = jnp.asarray(getattr(params, name), new.dtype)
-    new.log_scale[...] = student.log_scale[...]
+        values[name] = jnp.asarray(getattr(params, name), student.dtype)
+    values["log_scale"] = jnp.copy(student.log_scale[...])
+    nnx.replace_by_pure_dict(state, values)
+    new = nnx.merge(graphdef, state)
     new.eval()
     return new
 

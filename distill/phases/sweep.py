@@ -34,6 +34,7 @@ Resume: the student's state after every sweep (and the best one) is checkpointed
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -75,26 +76,33 @@ def _set_cores(student, params: mps_lib.MPSParams) -> None:
         getattr(student, name)[...] = getattr(params, name).astype(student.dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("loss",))
+def _scaled_loss(s, z, targets, *, loss):
+    return loss(jnp.exp(s) * z, targets)
+
+
 def refit_log_scale(z: jax.Array, targets: dict, loss, start: float, width: float = 4.0, iters: int = 40) -> float:
     """argmin over s in [start − width, start + width] of loss(exp(s)·z, targets) by golden-section
     search. z (B, m) the module's unit-scale logits. The KD loss is convex in u = exp(s)·(linear in z),
     hence unimodal in s."""
-    f = jax.jit(lambda s: loss(jnp.exp(s) * z, targets))
+    def f(s: float) -> float:
+        return float(_scaled_loss(jnp.asarray(s, z.dtype), z, targets, loss=loss))
+
     a, b = start - width, start + width
     inv = (math.sqrt(5) - 1) / 2
     c, d = b - inv * (b - a), a + inv * (b - a)
-    fc, fd = float(f(c)), float(f(d))
+    fc, fd = f(c), f(d)
     for _ in range(iters):
         if fc < fd:
             b, d, fd = d, c, fc
             c = b - inv * (b - a)
-            fc = float(f(c))
+            fc = f(c)
         else:
             a, c, fc = c, d, fd
             d = a + inv * (b - a)
-            fd = float(f(d))
+            fd = f(d)
     best = (a + b) / 2
-    return best if float(f(best)) <= float(f(start)) else start
+    return best if f(best) <= f(start) else start
 
 
 def _snapshot(student) -> dict:
