@@ -204,13 +204,14 @@ class DistillConfig:
     layer_lr: float = field(default=1e-3, metadata=positive())
     # DMRG-style sweep phase (`sweep`, family mps): full sweeps, local Adam steps per merged pair (on
     # minibatches of batch_size), their learning rate (relative to the merged tensor's size), the
-    # discarded Schmidt weight allowed per bond, a bond cap (null = student.bond_dim, the storage), and how
-    # many training samples each sweep caches environments for
+    # discarded Schmidt weight allowed per bond, a bond cap (null = student.bond_dim, the storage) and floor,
+    # and how many training samples each sweep caches environments for
     sweeps: int = field(default=4, metadata=at_least(1))
     sweep_steps: int = field(default=20, metadata=check("an integer ≥ 0", lambda v: v >= 0))
-    sweep_lr: float = field(default=1e-3, metadata=positive())
-    sweep_cutoff: float = field(default=1e-4, metadata=fraction(lo_open=False, hi_open=True))
+    sweep_lr: float = field(default=3e-3, metadata=positive())
+    sweep_cutoff: float = field(default=1e-3, metadata=fraction(lo_open=False, hi_open=True))
     sweep_max_bond: int | None = field(default=None, metadata=at_least(1))
+    sweep_min_bond: int = field(default=2, metadata=at_least(1))  # floor of every kept rank (lets bonds grow)
     sweep_samples: int = field(default=8192, metadata=at_least(1))
 
     @property

@@ -3,8 +3,6 @@ changes no logit before truncation and lowers the loss it optimises; the truncat
 the discarded weight; a sweep leaves the chain mixed-canonical with adapted bonds; the `sweep`
 phase trains a student that reloads and reproduces its outputs."""
 
-import json
-import math
 
 import jax
 import jax.numpy as jnp
@@ -108,7 +106,6 @@ def test_truncation_error_equals_discarded_weight():
         T = np.asarray(mps.to_dense(params))
         chain, _ = dmrg.chain_from_mps(params)
         phi = features(3, 4, n, d)
-        envs = dmrg.environments(chain, phi)
         st = dmrg.Step(k, "left", "left")  # merge the output core with site k, move it right
         W = dmrg.merge(chain, st.j, st.o_side)
         s_full = np.linalg.svd(np.asarray(W).reshape(chi * d, m * chi), compute_uv=False)
@@ -134,6 +131,9 @@ def test_truncation_error_equals_discarded_weight():
             assert r == len(w) or tails[r] <= cutoff  # what is dropped weighs ≤ cutoff
             assert r == 1 or tails[r - 1] > cutoff  # dropping one more would exceed it
             assert int(dmrg.truncation_rank(jnp.asarray(s_full), 2, cutoff)) == min(r, 2)
+            assert int(dmrg.truncation_rank(jnp.asarray(s_full), len(w), cutoff, min_bond=4)) == max(r, 4)
+        # the floor never keeps numerical zeros: a rank-1 spectrum stays rank 1
+        assert int(dmrg.truncation_rank(jnp.asarray([1.0, 0.0, 0.0]), 3, 0.0, min_bond=2)) == 1
 
 
 def test_local_update_lowers_the_loss_it_optimises():

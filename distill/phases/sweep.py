@@ -21,15 +21,17 @@ sweep), caches their environments (memory (n+1)·samples·χ·8 bytes), brings t
 mixed-canonical form about the output core (so that each truncation is optimal) and runs
 `tn.dmrg.sweep`: `sweep_steps` Adam steps (lr `sweep_lr`, minibatches of `distill.batch_size`)
 per merged pair, SVD split keeping at most `sweep_max_bond` (default: student.bond_dim, the
-stored χ) values and dropping a discarded weight ≤ `sweep_cutoff` per bond. The sweep with the
+stored χ) and at least `sweep_min_bond` values and dropping a discarded weight ≤ `sweep_cutoff`
+per bond. The sweep with the
 best validation accuracy is kept. The feature map (learned weights included) is not changed.
 
 Parameters: the cores keep their stored shapes (χ = student.bond_dim, zero-padded where a bond
 is smaller), so the saved student reloads as it is; the history reports both the stored count
 and the effective one (`tn.dmrg.effective_num_params`: the channels in use).
 
-Resume: the student's state after every sweep (and the best one) is checkpointed; a stop request
-(SIGTERM, Ctrl-C) is honoured at the end of the current sweep.
+Resume: the student's state (and the best one so far) is checkpointed every runtime.checkpoint_every
+sweeps and after the last; a stop request (SIGTERM, Ctrl-C) is honoured at the end of the current
+sweep, after a checkpoint.
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ def run(ctx: PhaseContext, student) -> PhaseResult:
         return train.losses.accuracy(train.predict(student, ctx.x["val"]), ctx.y["val"])
 
     hist = train.History(selection="best validation epoch" if has_val else "last epoch (no validation set)")
-    extra = {"stored_params": stored, "max_bond": int(max_bond), "cutoff": d.sweep_cutoff, "samples": n_samples,
+    extra = {"stored_params": stored, "max_bond": int(max_bond), "min_bond": min(d.sweep_min_bond, int(max_bond)),
+             "cutoff": d.sweep_cutoff, "samples": n_samples,
              "steps": d.sweep_steps, "bond_ranks": [], "effective_params": [], "max_discarded": [],
              "loss_before": None, "val_accuracy_before": val_accuracy()}
     best, best_score, start = None, -math.inf, 0
@@ -174,7 +177,8 @@ def run(ctx: PhaseContext, student) -> PhaseResult:
         chain, k0 = dmrg.chain_from_mps(canon)
         chain, info = dmrg.sweep(chain, k0, phi, g, targets, jax.random.fold_in(jax.random.key(ctx.seed + 3), i),
                                  loss=loss, steps=d.sweep_steps, batch=d.batch_size, lr=d.sweep_lr,
-                                 max_bond=int(max_bond), cutoff=d.sweep_cutoff)
+                                 max_bond=int(max_bond), cutoff=d.sweep_cutoff,
+                                 min_bond=min(d.sweep_min_bond, int(max_bond)))
         new = dmrg.chain_to_mps(chain, k)
         if not all(bool(jnp.all(jnp.isfinite(a))) for a in new):
             raise DistillError(f"phase 'sweep': the cores became non-finite in sweep {i + 1}; lower "
@@ -194,12 +198,12 @@ def run(ctx: PhaseContext, student) -> PhaseResult:
         if score is None or score > best_score or best is None:
             best, best_score = _snapshot(student), (score if score is not None else best_score)
             hist.best_epoch, hist.best_val_accuracy = i + 1, score
-        if ckpt is not None:
+        reason = stop_requested()
+        if ckpt is not None and (reason is not None or i + 1 == d.sweeps or (i + 1) % ckpt.every == 0):
             ckpt.save(i + 1, {"current": _snapshot(student), "best": best},
                       {"sweep": i + 1, "history": hist.as_dict(), "extra": extra})
-        reason = stop_requested()
-        if reason is not None and ckpt is not None and i + 1 < d.sweeps:
-            raise RunInterrupted(reason)
+            if reason is not None and i + 1 < d.sweeps:
+                raise RunInterrupted(reason)
     if best is not None:
         _restore(student, best)
     student.eval()

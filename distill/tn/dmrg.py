@@ -27,8 +27,8 @@ the same renormalisation as `tn.mps.contract`, so chains of thousands of sites s
    linear functions) is convex in W. It takes `steps` Adam steps on random minibatches of the
    cached samples, on W / rms(W) (so that `lr` is a relative step, as for the cores in training);
 3. split W by SVD, keeping at most `max_bond` singular values and dropping the smallest ones whose
-   squared sum (the discarded weight) is at most `cutoff` · Σ s² (ITensor's per-bond cutoff;
-   numerically-zero values are always dropped). `site_side` says where the site core goes:
+   squared sum (the discarded weight) is at most `cutoff` · Σ s² (ITensor's per-bond cutoff), but
+   keeping at least `min_bond` (ITensor's mindim; numerically-zero values are always dropped). `site_side` says where the site core goes:
    "left" — W as (l p) × (o r), site = U (left-isometric), out = S·Vᵀ, the output core now on the
    site's right; "right" — W as (l o) × (p r), out = U·S, site = Vᵀ (right-isometric), the output
    core on its left. The bond between site and output core takes the kept rank: bond dimensions
@@ -222,27 +222,30 @@ def local_logits(W: Array, left: Array, ph: Array, right: Array, log_scale: Arra
     return jnp.exp(log_scale)[:, None] * z
 
 
-def truncation_rank(s: Array, max_bond: int, cutoff) -> Array:
+def truncation_rank(s: Array, max_bond: int, cutoff, min_bond: int = 1) -> Array:
     """How many of the descending singular values s (K,) a split keeps (int32 scalar).
 
-    The fewest r ≥ 1 with discarded weight Σ_{i≥r} s_i² ≤ cutoff · Σ s², at most max_bond, and
-    never a value ≤ s_0 · K · eps(dtype) (a numerical zero). cutoff = 0 keeps every nonzero value.
+    The fewest r with discarded weight Σ_{i≥r} s_i² ≤ cutoff · Σ s², raised to min_bond, at most
+    max_bond, and never a value ≤ s_0 · K · eps(dtype) (a numerical zero) — except that at least one
+    is kept. cutoff = 0 keeps every nonzero value. The floor min_bond (ITensor's `mindim`) lets a
+    sweep that starts near a product state grow its bonds: with only a cutoff every bond can
+    collapse to 1 and stay there.
     """
     w = s * s
     total = jnp.sum(w)
     tails = jnp.cumsum(w[::-1])[::-1]  # tails[i] = Σ_{i'≥i} s_i'²
-    needed = jnp.sum(tails > cutoff * total)
+    needed = jnp.maximum(jnp.sum(tails > cutoff * total), min_bond)
     tol = s[0] * s.shape[0] * jnp.finfo(s.dtype).eps
     nonzero = jnp.sum(s > tol)
     return jnp.clip(jnp.minimum(needed, nonzero), 1, max_bond).astype(jnp.int32)
 
 
-def split(W: Array, site_side: str, *, max_bond: int, cutoff) -> tuple[Array, Array, Array, Array]:
+def split(W: Array, site_side: str, *, max_bond: int, cutoff, min_bond: int = 1) -> tuple[Array, Array, Array, Array]:
     """Split W (χ, d, m, χ) (l, p, o, r) into a site core and an output core by truncated SVD.
 
     site_side "left": W as (l p) × (o r) = U S Vᵀ → site (p, l, a) = U (left-isometric on its
     kept channels), out (a, o, r) = S Vᵀ; "right": W as (l o) × (p r) → out (l, o, a) = U S,
-    site (p, a, r) = Vᵀ (right-isometric). Kept: `truncation_rank(s, max_bond, cutoff)` values;
+    site (p, a, r) = Vᵀ (right-isometric). Kept: `truncation_rank(s, max_bond, cutoff, min_bond)` values;
     the bond a is zero-padded to χ. Returns (site (d, χ, χ), out (χ, m, χ), rank (int32),
     discarded Σ_{dropped} s² / Σ s² (the relative squared truncation error of W)).
     Raises: DistillError for another site_side or max_bond above χ.
@@ -256,7 +259,7 @@ def split(W: Array, site_side: str, *, max_bond: int, cutoff) -> tuple[Array, Ar
     else:
         mat = jnp.einsum("lpor->lopr", W).reshape(chi * m, d * chi)
     u, s, vt = jnp.linalg.svd(mat, full_matrices=False)  # K = min(rows, cols) ≥ χ
-    rank = truncation_rank(s, max_bond, cutoff)
+    rank = truncation_rank(s, max_bond, cutoff, min_bond)
     w = s * s
     discarded = jnp.sum(jnp.where(jnp.arange(s.shape[0]) >= rank, w, 0.0)) / jnp.sum(w)
     keep = (jnp.arange(chi) < rank).astype(W.dtype)
@@ -277,7 +280,7 @@ def split(W: Array, site_side: str, *, max_bond: int, cutoff) -> tuple[Array, Ar
 
 def local_update(chain: Chain, envs: Envs, j, phi: Array, g: Array, targets: dict, key: Array, lr, cutoff, *,
                  o_side: str, site_side: str, loss: Callable[[Array, dict], Array], steps: int, batch: int,
-                 max_bond: int) -> tuple[Chain, Envs, dict]:
+                 max_bond: int, min_bond: int = 1) -> tuple[Chain, Envs, dict]:
     """Merge site j with the output core, optimise, split, update the environment (module notes).
 
     chain, envs (consumed: their buffers are donated and updated in place); j: the site;
@@ -286,7 +289,8 @@ def local_update(chain: Chain, envs: Envs, j, phi: Array, g: Array, targets: dic
     PRNG key for the minibatches; lr the Adam learning rate relative to rms(W); cutoff the per-bond
     discarded-weight cutoff; o_side / site_side "left" or "right" (module notes);
     loss(logits (b, m), batch) → scalar (hashable); steps Adam steps (0 = only move the output
-    core); batch the minibatch size; max_bond ≤ χ. All four side combinations share one compiled
+    core); batch the minibatch size; max_bond ≤ χ and min_bond the bounds of the kept rank
+    (`truncation_rank`). All four side combinations share one compiled
     program. Returns the new chain and environments and {"rank", "discarded", "loss"} (loss: the
     mean minibatch loss over the steps, NaN when steps = 0).
     Raises: DistillError for a side that is not "left" / "right" or max_bond outside [1, χ].
@@ -299,12 +303,13 @@ def local_update(chain: Chain, envs: Envs, j, phi: Array, g: Array, targets: dic
     dt = chain.out.dtype
     return _local_update(chain, envs, jnp.asarray(j, jnp.int32), phi, g, targets, key, jnp.asarray(lr, dt),
                          jnp.asarray(cutoff, dt), jnp.asarray(o_side == "left"), jnp.asarray(site_side == "left"),
-                         jnp.asarray(max_bond, jnp.int32), loss=loss, steps=steps, batch=batch)
+                         jnp.asarray(max_bond, jnp.int32), jnp.asarray(min_bond, jnp.int32), loss=loss, steps=steps,
+                         batch=batch)
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "steps", "batch"), donate_argnames=("chain", "envs"))
-def _local_update(chain, envs, j, phi, g, targets, key, lr, cutoff, o_left, site_left, max_bond, *, loss, steps,
-                  batch):
+def _local_update(chain, envs, j, phi, g, targets, key, lr, cutoff, o_left, site_left, max_bond, min_bond, *, loss,
+                  steps, batch):
     W = jnp.where(o_left, merge(chain, j, "left"), merge(chain, j, "right"))  # both are small: no branch
     left, right = envs.left[j], envs.right[j + 1]
     ph = jnp.take(phi, j, axis=1).astype(W.dtype)
@@ -334,8 +339,8 @@ def _local_update(chain, envs, j, phi, g, targets, key, lr, cutoff, o_left, site
         mean_loss = total / steps
 
     site, out, rank, discarded = jax.lax.cond(
-        site_left, lambda w: split(w, "left", max_bond=max_bond, cutoff=cutoff),
-        lambda w: split(w, "right", max_bond=max_bond, cutoff=cutoff), W)
+        site_left, lambda w: split(w, "left", max_bond=max_bond, cutoff=cutoff, min_bond=min_bond),
+        lambda w: split(w, "right", max_bond=max_bond, cutoff=cutoff, min_bond=min_bond), W)
     sites = jax.lax.dynamic_update_index_in_dim(chain.sites, site, j, axis=0)
 
     # the environment the step has fixed: left[j+1] when the site now lies left of the output core, else
@@ -377,13 +382,14 @@ def sweep_schedule(n_sites: int, k: int) -> list[Step]:
 
 def sweep(chain: Chain, k: int, phi: Array, g: Array, targets: dict, key: Array, *,
           loss: Callable[[Array, dict], Array], steps: int, batch: int, lr: float, max_bond: int | None = None,
-          cutoff: float = 0.0) -> tuple[Chain, dict]:
+          cutoff: float = 0.0, min_bond: int = 1) -> tuple[Chain, dict]:
     """One full sweep (`sweep_schedule`) of `local_update`s over the cached samples phi (B, n, d).
 
     chain: the cores with the output core between k-1 and k (best in mixed-canonical form about it,
     e.g. from `distill.tn.canonical.mixed_canonical`, so that every truncation is optimal); g (B,)
     the samples' fixed log-scales; targets, loss, steps, batch, lr as in `local_update`; max_bond
-    (None = χ) caps every bond, cutoff the discarded weight per bond. The caller's chain buffers
+    (None = χ) caps every bond, cutoff the discarded weight per bond, min_bond the floor of every kept
+    rank (`truncation_rank`). The caller's chain buffers
     are consumed (donated). Returns the new chain (mixed-canonical about k, output core back
     between k-1 and k) and {"ranks" (2n-2,) the bond kept at each step, "discarded" (2n-2,),
     "loss" (2n-2,) the mean minibatch loss of each step}.
@@ -395,6 +401,8 @@ def sweep(chain: Chain, k: int, phi: Array, g: Array, targets: dict, key: Array,
     if isinstance(max_bond, bool) or not isinstance(max_bond, (int, np.integer)) or not 1 <= max_bond <= chi:
         raise DistillError(f"dmrg sweep: max_bond must be an integer in [1, {chi}] (the stored bond dimension), "
                            f"got {max_bond!r}")
+    if isinstance(min_bond, bool) or not isinstance(min_bond, (int, np.integer)) or not 1 <= min_bond <= max_bond:
+        raise DistillError(f"dmrg sweep: min_bond must be an integer in [1, max_bond = {max_bond}], got {min_bond!r}")
     if not (isinstance(cutoff, (int, float)) and 0 <= cutoff < 1 and math.isfinite(cutoff)):
         raise DistillError(f"dmrg sweep: cutoff (discarded weight per bond) must be in [0, 1), got {cutoff!r}")
     if phi.ndim != 3 or phi.shape[1:] != (n, d):
@@ -404,7 +412,7 @@ def sweep(chain: Chain, k: int, phi: Array, g: Array, targets: dict, key: Array,
     for i, st in enumerate(sweep_schedule(n, k)):
         chain, envs, out = local_update(chain, envs, st.j, phi, g, targets, jax.random.fold_in(key, i), lr, cutoff,
                                         o_side=st.o_side, site_side=st.site_side, loss=loss, steps=steps,
-                                        batch=batch, max_bond=int(max_bond))
+                                        batch=batch, max_bond=int(max_bond), min_bond=int(min_bond))
         info["ranks"].append(out["rank"])
         info["discarded"].append(out["discarded"])
         info["loss"].append(out["loss"])
