@@ -209,7 +209,7 @@ class DistillConfig:
     sweeps: int = field(default=4, metadata=at_least(1))
     sweep_steps: int = field(default=20, metadata=check("an integer ≥ 0", lambda v: v >= 0))
     sweep_lr: float = field(default=3e-3, metadata=positive())
-    sweep_cutoff: float = field(default=1e-3, metadata=fraction(lo_open=False, hi_open=True))
+    sweep_cutoff: float = field(default=1e-4, metadata=fraction(lo_open=False, hi_open=True))
     sweep_max_bond: int | None = field(default=None, metadata=at_least(1))
     sweep_min_bond: int = field(default=2, metadata=at_least(1))  # floor of every kept rank (lets bonds grow)
     sweep_samples: int = field(default=8192, metadata=at_least(1))

@@ -186,3 +186,18 @@ def test_sweep_arguments_are_checked_and_effective_sizes_count_padding():
     assert dmrg.bond_ranks(params) == (2, 2, 2, 2, 2)
     assert dmrg.effective_num_params(params) == 1 * 2 * 2 + 2 * 2 * 2 + 2 * 3 * 2 + 2 * 2 * 2 + 2 * 2 * 2 + 2 * 2 * 1
     assert mps.num_params(params) == 2 * 6 + 1 * 2 * 36 + 6 * 3 * 6 + 2 * 2 * 36 + 2 * 6
+
+
+def test_log_scale_refit_finds_the_minimum_far_from_the_start():
+    from distill.phases.sweep import refit_log_scale
+
+    rng = np.random.default_rng(0)
+    z = jnp.asarray(rng.standard_normal((200, 5)) * 0.01, jnp.float32)
+    targets = {"t": z * 300.0, "y": jnp.asarray(np.argmax(np.asarray(z), 1), jnp.int32)}
+    loss = losses.KD(2.0, 0.9)
+    s = refit_log_scale(z, targets, loss, start=0.0)
+    grid = np.linspace(-5, 15, 4001)
+    values = [float(loss(jnp.exp(v) * z, targets)) for v in grid[::40]]
+    best = grid[::40][int(np.argmin(values))]
+    assert abs(s - best) < 0.25 and s > 4  # the optimum lies beyond a narrow bracket around the start
+    assert float(loss(jnp.exp(s) * z, targets)) <= min(values) + 1e-6
