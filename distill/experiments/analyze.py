@@ -11,7 +11,8 @@ a temporary name and renamed when complete) with
   - `truncation`: post-training compression of an MPS student: for each χ′, the student SVD-truncated
     to bond dimension χ′ (`canonical.truncate`), its parameters, test accuracy, the discarded weight,
     and the test accuracy after a short KD fine-tune (`--finetune-epochs` epochs on the teacher's
-    logits, the run's τ, α, learning rate and batch size, best validation epoch kept);
+    logits, the run's τ, α, learning rate and batch size; the best validation epoch is kept, and the
+    truncated student itself when no epoch beats its validation accuracy: `finetune_kept`);
   - `teacher`: every dense weight matrix of a native teacher read as a TT-matrix (4 cores by
     default), its entanglement entropy across each cut for several input-neuron orderings (for a
     first layer on image pixels: row_major, snake, hilbert, random, correlation; always: norm,
@@ -33,6 +34,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -127,10 +129,19 @@ def truncation_curve(student: MPS, cfg: Config, xs, ys: dict, t_logits: dict | N
                "accuracy": train.losses.accuracy(train.predict(module, xs.x["test"]), ys["test"]),
                "accuracy_finetuned": None}
         if t_logits is not None and finetune_epochs > 0:
+            has_val = len(ys["val"]) > 0
+            before = nnx.to_pure_dict(jax.tree.map(jnp.copy, nnx.state(module)))
+            val_before = train.losses.accuracy(train.predict(module, xs.x["val"]), ys["val"]) if has_val else None
             settings = dataclasses.replace(kd_settings(d, cfg.seed), epochs=finetune_epochs, warmup_epochs=0)
-            train.end_to_end(module, xs.x["train"], t_logits["train"], ys["train"],
-                             train.Validation(xs.x["val"], ys["val"]), settings, temperature=d.temperature,
-                             alpha=d.alpha, desc=f"fine-tune χ′={chi}", progress=progress)
+            hist = train.end_to_end(module, xs.x["train"], t_logits["train"], ys["train"],
+                                    train.Validation(xs.x["val"], ys["val"]), settings, temperature=d.temperature,
+                                    alpha=d.alpha, desc=f"fine-tune χ′={chi}", progress=progress)
+            row["finetune_kept"] = "fine-tuned"
+            if has_val and hist.best_val_accuracy is not None and hist.best_val_accuracy < val_before:
+                state = nnx.state(module)  # the fine-tune lowered validation accuracy: keep the truncated student
+                nnx.replace_by_pure_dict(state, before)
+                nnx.update(module, state)
+                row["finetune_kept"] = "truncated (the fine-tune lowered validation accuracy)"
             row["accuracy_finetuned"] = train.losses.accuracy(train.predict(module, xs.x["test"]), ys["test"])
         rows.append(row)
     return rows
