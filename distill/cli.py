@@ -33,6 +33,8 @@ Distil a trained, frozen teacher network into a tensor-network student.
   distill evaluate RUN · distill predict RUN x.npy --out logits.npy · distill export RUN --format onnx
                                     use a trained student
   distill run --resume RUN          continue a run that was stopped (SIGTERM, Ctrl-C) or killed
+  distill analyze RUN               entanglement per bond, accuracy after truncation, the teacher's
+                                    weights as TT-matrices (seed 001): RUN/analysis
 
 Each run writes one folder: config.yaml (the resolved config), results.json, report.md,
 training_curves.png and the teacher/ and student/ checkpoints.
@@ -133,6 +135,29 @@ def build_parser() -> argparse.ArgumentParser:
     p_exp.add_argument("--format", required=True, choices=["safetensors", "onnx"])
     p_exp.add_argument("--out", metavar="FILE", help="default: RUN_DIR/student.<format>")
 
+    p_an = sub.add_parser(
+        "analyze", help="look inside a trained student and its teacher: entanglement, truncation, TT ranks",
+        description="Read RUN_DIR (unchanged) and write RUN_DIR/analysis (or --out): analysis.json, analysis.md and "
+                    "PNGs with the student's Schmidt spectrum and entanglement entropy (nats) per bond; its test "
+                    "accuracy after SVD truncation to each bond dimension χ′, without and with a short KD fine-tune "
+                    "(MPS students); the teacher's dense weights read as TT-matrices — entanglement across every cut "
+                    "for the neuron orderings row-major, snake, Hilbert, random and data-driven, the TT ranks a "
+                    "relative error ε needs, and the teacher's accuracy at each TT rank; and the smallest χ′ / rank "
+                    "that reaches a target accuracy.")
+    p_an.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `distill run`")
+    p_an.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/analysis; replaced if it exists)")
+    p_an.add_argument("--chi", metavar="LIST", help="bond dimensions χ′ of the truncation curve, comma-separated "
+                      "(default: about χ·(1, ¾, ½, ⅓, ¼, ⅛), 2, 1)")
+    p_an.add_argument("--finetune-epochs", type=int, default=1, metavar="N",
+                      help="KD epochs after each truncation (default 1; 0: none)")
+    p_an.add_argument("--target-accuracy", type=float, metavar="A",
+                      help="accuracy (fraction) the suggested χ′ and TT rank must reach (default: 1 point below the "
+                           "student's / the teacher's own)")
+    p_an.add_argument("--tt-cores", type=int, default=4, metavar="D", help="cores of the teacher's TT-matrices "
+                      "(default 4)")
+    p_an.add_argument("--no-teacher", action="store_true", help="skip the teacher's weights")
+    p_an.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p_chk = sub.add_parser(
         "check-map", help="validity check of one feature map (seed 000 §4)",
         description="Check that a feature map's components, and their derivatives, are linearly independent on "
@@ -209,6 +234,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0 if r.ok else 1
     if args.command in ("import-teacher", "evaluate", "predict", "export"):
         return _use(args)
+    if args.command == "analyze":
+        return _analyze(args)
     if args.command in ("run", "teacher", "compare-maps"):  # a multi-host run, if flags or DISTILL_* say so
         from distill.train.sharding import initialize_distributed
 
@@ -303,6 +330,38 @@ def _use(args: argparse.Namespace) -> int:
     else:
         path = use.export(args.run_dir, args.format, args.out)
         print(f"wrote {path}")
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from distill.experiments import analyze
+
+    chis = None
+    if args.chi is not None:
+        try:
+            chis = [int(v) for v in args.chi.split(",") if v.strip()]
+        except ValueError:
+            raise DistillError(f"--chi {args.chi!r}: expected comma-separated integers, e.g. --chi 2,4,8") from None
+    folder, r = analyze.analyze(args.run_dir, out=args.out, chis=chis, finetune_epochs=args.finetune_epochs,
+                                target_accuracy=args.target_accuracy, tt_cores=args.tt_cores,
+                                teacher_part=not args.no_teacher, progress=not args.quiet)
+    s = r["student"]
+    print(f"student ({s['family']}): {s['params']:,} parameters, test accuracy {100 * s['accuracy']:.2f} %")
+    if r["bonds"]:
+        print(f"  entanglement: mean {s['mean_entropy']:.3f} nats, max "
+              f"{max(b['entropy'] for b in r['bonds']):.3f} nats over {len(r['bonds'])} bonds; exact at its Schmidt "
+              f"ranks with {s['exact_params']:,} parameters")
+    for t in r["truncation"]:
+        tuned = "" if t["accuracy_finetuned"] is None else f", fine-tuned {100 * t['accuracy_finetuned']:.2f} %"
+        print(f"  χ′ = {t['chi']:>3}: {t['params']:>8,} parameters, {100 * t['accuracy']:.2f} %{tuned}")
+    for key, what, size in (("student", "χ′", "chi"), ("teacher_tt", "teacher TT rank", "rank")):
+        sug = r["suggested"].get(key)
+        if sug is not None:
+            got = "none reaches it" if sug.get(size) is None else f"{sug[size]} ({sug['params']:,} parameters)"
+            print(f"  suggested {what} for {100 * sug['target_accuracy']:.2f} %: {got}")
+    for note in r["notes"]:
+        print(f"note: {note}")
+    print(f"analysis folder: {folder}")
     return 0
 
 

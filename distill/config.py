@@ -39,7 +39,9 @@ from distill.options import (
 )
 
 DATASET_NAMES = ("digits", "fashion_mnist", "mnist")
-ORDERINGS = ("row_major", "snake", "column_major")
+#: pixel → MPS site orders (`distill.data.orderings.site_order`): geometric ones, `random` (seeded by
+#: data.ordering_seed) and the data-driven `correlation` (from the training pixels)
+ORDERINGS = ("row_major", "snake", "column_major", "hilbert", "random", "correlation")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class DataConfig:
     data_dir: str | None = None  # IDX folder or TFDS data_dir; None = the default place
     downsample: int = field(default=1, metadata=at_least(1))  # average-pool factor (28→14: 2)
     ordering: str = field(default="row_major", metadata=choice(*ORDERINGS))  # pixel → MPS site order
+    # seed of the `random` ordering; null = the run's seed (the order is saved with the student)
+    ordering_seed: int | None = field(default=None, metadata=check("an integer ≥ 0", lambda v: v >= 0))
     val_fraction: float = field(default=0.1, metadata=fraction(lo_open=False, hi_open=True))
     train_fraction: float = field(default=1.0, metadata=fraction(lo_open=True, hi_open=False))
 
@@ -180,7 +184,7 @@ class DistillConfig:
     """
 
     mode: str | tuple[str, ...] = field(default="end_to_end", metadata=check(
-        "end_to_end, layerwise, staged, labels_only, or a list of phases (end_to_end, layerwise, labels)",
+        "end_to_end, layerwise, staged, labels_only, or a list of phases (end_to_end, layerwise, labels, sweep)",
         _check_mode, choices=tuple(MODE_SHORTHANDS)))
     temperature: float = field(default=4.0, metadata=positive())
     alpha: float = field(default=0.9, metadata=fraction(lo_open=False, hi_open=False))
@@ -198,6 +202,17 @@ class DistillConfig:
     layer_target: str = field(default="post", metadata=choice("post", "pre"))  # match post- or pre-activations
     layer_epochs: int = field(default=10, metadata=at_least(1))
     layer_lr: float = field(default=1e-3, metadata=positive())
+    # DMRG-style sweep phase (`sweep`, family mps): full sweeps, local Adam steps per merged pair (on
+    # minibatches of batch_size), their learning rate (relative to the merged tensor's size), the
+    # discarded Schmidt weight allowed per bond, a bond cap (null = student.bond_dim, the storage) and floor,
+    # and how many training samples each sweep caches environments for
+    sweeps: int = field(default=4, metadata=at_least(1))
+    sweep_steps: int = field(default=20, metadata=check("an integer ≥ 0", lambda v: v >= 0))
+    sweep_lr: float = field(default=3e-3, metadata=positive())
+    sweep_cutoff: float = field(default=1e-4, metadata=fraction(lo_open=False, hi_open=True))
+    sweep_max_bond: int | None = field(default=None, metadata=at_least(1))
+    sweep_min_bond: int = field(default=2, metadata=at_least(1))  # floor of every kept rank (lets bonds grow)
+    sweep_samples: int = field(default=8192, metadata=at_least(1))
 
     @property
     def phases(self) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from distill import students, teachers, train
 from distill.config import TEACHER_TRAINING_KEYS, Config, TeacherConfig
 from distill.data import Dataset, downsample, load_dataset, site_order
 from distill.data.augment import Augment
+from distill.data.orderings import DATA_ORDERINGS
 from distill.errors import DistillError
 from distill.nn import param_count
 from distill.students.mirror import build_mirror, layer_params, teacher_layers
@@ -170,7 +171,21 @@ def build_student(cfg: Config, xs: StudentInputs, n_classes: int, teacher=None, 
         warm = uses_teacher(cfg) if warm_start is None else warm_start
         return build_mirror(s.family, s.options, teacher, ranges, seed=cfg.seed, warm_start=warm)
     return family.build(s.options, n_sites=xs.n_sites, image_shape=xs.image_shape, n_classes=n_classes,
-                        site_order=site_order(xs.image_shape, cfg.data.ordering), seed=cfg.seed)
+                        site_order=student_site_order(cfg, xs), seed=cfg.seed)
+
+
+def student_site_order(cfg: Config, xs: StudentInputs) -> np.ndarray:
+    """The pixel → site permutation (H*W,) of a pixel student: `data.ordering` on the student's image shape;
+    `random` drawn from data.ordering_seed (default: the run's seed); a data-driven ordering (`correlation`)
+    computed from the student's training pixels xs.x["train"]. A shape-only build (no data in `xs`, as in
+    `checks.check_student`) gets the identity for a data-driven ordering: only the shapes matter there, and
+    the real build has the data. The order is saved with the student (its SiteOrder variable)."""
+    d = cfg.data
+    if d.ordering in DATA_ORDERINGS:
+        if "train" not in xs.x:
+            return np.arange(xs.n_sites, dtype=np.int32)
+        return site_order(xs.image_shape, d.ordering, x=xs.x["train"])
+    return site_order(xs.image_shape, d.ordering, seed=cfg.seed if d.ordering_seed is None else d.ordering_seed)
 
 
 def describe_student(cfg: Config, xs: StudentInputs, teacher) -> str:
@@ -185,8 +200,12 @@ def describe_student(cfg: Config, xs: StudentInputs, teacher) -> str:
 
 
 def check_phases(cfg: Config) -> None:
-    """Raises: DistillError for a phase the student's family cannot run."""
+    """Raises: DistillError for a phase the student's family cannot run (a phase module may add its own
+    `check_config(cfg)`)."""
     for name in cfg.distill.phases:
+        check = getattr(phases_lib.phase(name), "check_config", None)
+        if check is not None:
+            check(cfg)
         if phases_lib.phase(name).NEEDS_MIRROR and not students.is_mirror(cfg.student.family):
             mirrors = [n for n in students.families() if students.is_mirror(n)]
             raise DistillError(f"distill.mode: phase {name!r} needs a student with hidden layers; set student.family "

@@ -24,7 +24,7 @@ from flax import nnx
 from jax import Array
 
 from distill import students
-from distill.data.orderings import site_order
+from distill.data.orderings import DATA_ORDERINGS, site_order
 from distill.errors import DistillError
 from distill.io import load_state, save_state
 from distill.students.mirror import build_mirror
@@ -77,6 +77,7 @@ def student_spec(cfg, *, image_shape: tuple[int, int], data_downsample: int, n_c
         "options": plain(s.options),
         "seed": cfg.seed,
         "ordering": cfg.data.ordering,
+        "ordering_seed": cfg.seed if cfg.data.ordering_seed is None else cfg.data.ordering_seed,
         "image_shape": [int(a) for a in image_shape],
         "data_downsample": int(data_downsample),
         "student_downsample": int(s.downsample),
@@ -104,7 +105,18 @@ def build_from_spec(spec: dict) -> nnx.Module:
         return build_mirror(spec["family"], opts, teacher, None, seed=seed, warm_start=False)
     shape = (h // k, w // k)
     return family.build(opts, n_sites=shape[0] * shape[1], image_shape=shape, n_classes=int(spec["n_classes"]),
-                        site_order=site_order(shape, spec.get("ordering", "row_major")), seed=seed)
+                        site_order=_spec_order(spec, shape, seed), seed=seed)
+
+
+def _spec_order(spec: dict, shape: tuple[int, int], seed: int) -> np.ndarray:
+    """The site order to build the module with before its state is restored. The saved state holds the
+    order actually used (its SiteOrder variable), so any permutation would do: a geometric or seeded
+    random order is rebuilt as recorded; a data-driven one (`correlation`) needs the training data,
+    so it starts as the identity and comes back with the state."""
+    ordering = spec.get("ordering", "row_major")
+    if ordering in DATA_ORDERINGS:
+        return np.arange(shape[0] * shape[1], dtype=np.int32)
+    return site_order(shape, ordering, seed=int(spec.get("ordering_seed", seed)))
 
 
 def save_student(student: nnx.Module, path: Path, spec: dict) -> None:
