@@ -204,7 +204,7 @@ def _onnx_bytes(student: PixelStudent) -> bytes:
     from flax import nnx
 
     fixed = nnx.clone(student)
-    for _, module in fixed.iter_modules():  # the batch is symbolic in the export: no choice by batch size
+    for _, module in nnx.iter_modules(fixed):  # the batch is symbolic in the export: no choice by batch size
         if getattr(module, "contraction", "set") is None:
             module.contraction = "scan"
     graphdef, state = nnx.split(fixed)
