@@ -5,7 +5,13 @@ import math
 import pytest
 from scipy import stats
 
-from distill.analysis.statistics import NO_SPREAD, format_interval, holm, t_interval, welch
+from distill.analysis.statistics import (
+    NO_SPREAD,
+    format_interval,
+    holm,
+    t_interval,
+    welch,
+)
 
 T_975_DF3 = 3.182446305284263  # Student t quantile 0.975, 3 degrees of freedom (tables)
 T_975_DF2 = 4.302652729749464  # ... 2 degrees of freedom

@@ -21,8 +21,18 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-__all__ = ["Interval", "t_interval", "Comparison", "welch", "holm", "format_interval", "CI_METHOD",
-           "TEST_METHOD", "CORRECTION", "NO_SPREAD"]
+__all__ = [
+    "CI_METHOD",
+    "CORRECTION",
+    "NO_SPREAD",
+    "TEST_METHOD",
+    "Comparison",
+    "Interval",
+    "format_interval",
+    "holm",
+    "t_interval",
+    "welch",
+]
 
 CI_METHOD = "Student t-interval over seeds, 95 % (mean ± t₀.₉₇₅,ₙ₋₁ · s/√n, s the sample std)"
 TEST_METHOD = "Welch's two-sided t-test on the per-seed values (unequal variances)"

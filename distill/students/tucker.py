@@ -17,9 +17,14 @@ from flax import nnx
 
 from distill.nn.tucker import Tucker2Conv, Tucker2Linear
 from distill.options import at_least, choice
-from distill.students.mirror import init_activation, keep_first_conv_option, pre_activation, replace_option
+from distill.students.mirror import (
+    init_activation,
+    keep_first_conv_option,
+    pre_activation,
+    replace_option,
+)
 
-__all__ = ["Options", "SIZE_KNOB", "make_layer", "make_conv_layer", "describe"]
+__all__ = ["SIZE_KNOB", "Options", "describe", "make_conv_layer", "make_layer"]
 
 
 @dataclass(frozen=True)
