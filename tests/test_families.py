@@ -125,6 +125,13 @@ def test_parameter_counts_by_hand(teacher):
         "tr": (4 * (1 + 2 + 9 + 2 + 2) + 4, 4 * (4 + 4 + 2 + 3) + 6),
     }
     total = param_count(teacher)
+    # conv_rank sets the convolutions' rank apart (budget matching moves `rank` only)
+    opts = students.family("cp").Options(rank=2, conv_rank=5)
+    rows = layer_params(build_mirror("cp", opts, teacher, seed=0, warm_start=False), teacher)
+    assert [r["params"] for r in rows] == [5 * (3 + 3 + 2 + 4) + 4, 2 * (4 + 4 + 2 + 3) + 6]
+    opts = students.family("tr").Options(rank=2, conv_rank=3)
+    rows = layer_params(build_mirror("tr", opts, teacher, seed=0, warm_start=False), teacher)
+    assert [r["params"] for r in rows] == [9 * (1 + 2 + 9 + 2 + 2) + 4, 4 * (4 + 4 + 2 + 3) + 6]
     for family, (conv1, hidden) in by_hand.items():
         opts = students.family(family).Options(rank=2)
         student = build_mirror(family, opts, teacher, seed=0)
@@ -187,6 +194,10 @@ def test_description_names_the_replaced_layers(teacher):
     text = describe_student(cfg, StudentInputs({}, (8, 8)), teacher)
     assert text == ("the teacher with its hidden dense layers (6) and convolutions (conv_1) replaced by tensor-ring "
                     "layers (every bond rank 3, 2+2 modes); conv_0 kept from the teacher")
+    cfg = from_dict({"student": {"family": "cp", "rank": 3, "conv_rank": 2, "replace": "conv"}})
+    assert describe_student(cfg, StudentInputs({}, (8, 8)), teacher) == (
+        "the teacher with its convolutions (conv_1) replaced by CP layers (rank 3, conv rank 2; dense W over 2+2 "
+        "modes, separable conv kernels); conv_0 kept from the teacher")
 
 
 def test_shared_options_have_one_type_default_and_rule():
@@ -199,4 +210,4 @@ def test_shared_options_have_one_type_default_and_rule():
                 assert seen[f.name][1] == key, f"student.{f.name}: {seen[f.name][0]} and {name} differ"
             else:
                 seen[f.name] = (name, key)
-    assert {"replace", "keep_first_conv", "rank", "warm_start"} <= set(seen)
+    assert {"replace", "keep_first_conv", "conv_rank", "rank", "warm_start"} <= set(seen)

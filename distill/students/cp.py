@@ -18,6 +18,7 @@ from flax import nnx
 from distill.nn.cp import CPConv, CPLinear
 from distill.options import at_least
 from distill.students.mirror import (
+    conv_rank_option,
     init_activation,
     keep_first_conv_option,
     pre_activation,
@@ -35,6 +36,7 @@ class Options:
     cp_iters: int = field(default=25, metadata=at_least(1))  # CP-ALS sweeps of the warm start
     replace: str = replace_option()  # dense | conv | all: which teacher layers are replaced
     keep_first_conv: bool = keep_first_conv_option()  # the conv that reads the image stays the teacher's
+    conv_rank: int | None = conv_rank_option()  # rank of the replaced convolutions; null = rank
     warm_start: bool = True  # CP-ALS of the teacher's weights (and the rest copied from the teacher)
 
 
@@ -55,16 +57,20 @@ def make_layer(opts: Options, n_in: int, n_out: int, *, dense, activation: str, 
 
 def make_conv_layer(opts: Options, layer: dict, *, conv, activation: str | None, seed: int, index: int,
                     rngs: nnx.Rngs) -> CPConv:
-    """A CP convolution with the teacher conv `layer`'s geometry: CP-ALS of its (kernel, bias) when
-    `conv` is given, else random with the init scale of `activation`."""
+    """A CP convolution of rank `conv_rank` (default `rank`) with the teacher conv `layer`'s
+    geometry: CP-ALS of its (kernel, bias) when `conv` is given, else random with the init scale
+    of `activation`."""
     geometry = {"strides": tuple(layer["stride"]), "padding": tuple(tuple(p) for p in layer["padding"]),
                 "separable": opts.cp_separable}
+    rank = opts.conv_rank or opts.rank
     if conv is not None:
-        return CPConv.from_conv(*conv, rank=opts.rank, n_iter_max=opts.cp_iters, seed=seed + index, **geometry)
+        return CPConv.from_conv(*conv, rank=rank, n_iter_max=opts.cp_iters, seed=seed + index, **geometry)
     return pre_activation(CPConv(layer["in_channels"], layer["out_channels"], tuple(layer["kernel"]),
-                                 rank=opts.rank, activation=init_activation(activation), rngs=rngs, **geometry))
+                                 rank=rank, activation=init_activation(activation), rngs=rngs, **geometry))
 
 
 def describe(opts: Options) -> str:
     conv = "separable" if opts.cp_separable else "joint-spatial"
-    return f"CP layers (rank {opts.rank}; dense W over {opts.cp_factors}+{opts.cp_factors} modes, {conv} conv kernels)"
+    conv_rank = "" if opts.conv_rank is None else f", conv rank {opts.conv_rank}"
+    return (f"CP layers (rank {opts.rank}{conv_rank}; dense W over {opts.cp_factors}+{opts.cp_factors} modes, "
+            f"{conv} conv kernels)")

@@ -41,7 +41,7 @@ from jax import Array
 from distill import students
 from distill.errors import DistillError
 from distill.nn import ACTIVATIONS, param_count
-from distill.options import choice
+from distill.options import at_least, choice
 from distill.teachers.frozen import frozen_activations
 from distill.teachers.network import Network
 from distill.teachers.network import _activation_fn as activation_fn  # the spec activation table
@@ -49,7 +49,7 @@ from distill.teachers.network import _activation_fn as activation_fn  # the spec
 __all__ = ["MirrorStudent", "PostActivation", "HiddenLayer", "hidden_layers", "ConvLayer", "conv_layers",
            "TeacherLayers", "teacher_layers", "build_mirror", "replaced_layers", "layer_params", "replaced_compression",
            "mirror_param_count", "LayerFit", "ConvFit", "conv_fits", "ImageInput", "REPLACE", "replace_option",
-           "keep_first_conv_option", "init_activation", "pre_activation"]
+           "keep_first_conv_option", "conv_rank_option", "init_activation", "pre_activation"]
 
 #: Values of the `replace` option of the families that can replace convolutions.
 REPLACE = ("dense", "conv", "all")
@@ -65,6 +65,15 @@ def keep_first_conv_option():
     """The `keep_first_conv` option field, shared like `replace_option`: true keeps the teacher's
     convolution that reads the image (see the module docstring)."""
     return field(default=True)
+
+
+def conv_rank_option():
+    """The `conv_rank` option field, shared like `replace_option`: the rank of the replaced
+    convolutions, None = `rank`. Convolutions usually want a much smaller rank than dense layers
+    (a CNN's dense layers hold most of its parameters, and one rank for both makes the
+    convolutions larger than the teacher's at the budgets that suit the dense layers); budget
+    matching moves `rank` and keeps `conv_rank`."""
+    return field(default=None, metadata=at_least(1))
 
 
 def init_activation(activation: str | None) -> str | None:

@@ -29,6 +29,7 @@ from flax import nnx
 from distill.nn.tr import TRConv, TRLinear
 from distill.options import at_least
 from distill.students.mirror import (
+    conv_rank_option,
     init_activation,
     keep_first_conv_option,
     pre_activation,
@@ -44,6 +45,7 @@ class Options:
     tr_factors: int = field(default=2, metadata=at_least(1))  # modes per side (dense W, conv channels)
     replace: str = replace_option()  # dense | conv | all: which teacher layers are replaced
     keep_first_conv: bool = keep_first_conv_option()  # the conv that reads the image stays the teacher's
+    conv_rank: int | None = conv_rank_option()  # rank of the replaced convolutions; null = rank
     warm_start: bool = True  # TR-SVD of the teacher's weights (and the rest copied from the teacher)
 
 
@@ -106,24 +108,27 @@ def make_layer(opts: Options, n_in: int, n_out: int, *, dense, activation: str, 
 
 def make_conv_layer(opts: Options, layer: dict, *, conv, activation: str | None, seed: int, index: int,
                     rngs: nnx.Rngs) -> TRConv:
-    """A TR convolution with the teacher conv `layer`'s geometry and every bond `rank`: TR-SVD of
-    its (kernel, bias) (capped, then padded up) when `conv` is given, else random."""
+    """A TR convolution with the teacher conv `layer`'s geometry and every bond `conv_rank` (default
+    `rank`): TR-SVD of its (kernel, bias) (capped, then padded up) when `conv` is given, else
+    random."""
     geometry = {"strides": tuple(layer["stride"]), "padding": tuple(tuple(p) for p in layer["padding"])}
     c_in, c_out, kernel = layer["in_channels"], layer["out_channels"], tuple(layer["kernel"])
+    rank = opts.conv_rank or opts.rank
     if conv is None:
-        return pre_activation(TRConv(c_in, c_out, kernel, n_factors=opts.tr_factors, rank=opts.rank,
+        return pre_activation(TRConv(c_in, c_out, kernel, n_factors=opts.tr_factors, rank=rank,
                                      activation=init_activation(activation), rngs=rngs, **geometry))
-    warm = TRConv.from_conv(*conv, n_factors=opts.tr_factors, rank=opts.rank, **geometry)
-    if warm.ranks == (opts.rank,) * len(warm.ranks):
+    warm = TRConv.from_conv(*conv, n_factors=opts.tr_factors, rank=rank, **geometry)
+    if warm.ranks == (rank,) * len(warm.ranks):
         return warm
     n_in = len(warm.in_cores)
     cores = [c[...] for c in warm.in_cores] + [warm.spatial_core[...]] + [c[...] for c in warm.out_cores]
-    padded = pad_ring(cores, (opts.rank,) * len(cores), seed + 1000 * index + 500)
+    padded = pad_ring(cores, (rank,) * len(cores), seed + 1000 * index + 500)
     out = nnx.eval_shape(lambda: TRConv(c_in, c_out, kernel, in_modes=warm.in_modes, out_modes=warm.out_modes,
-                                        rank=opts.rank, rngs=nnx.Rngs(0), **geometry))
+                                        rank=rank, rngs=nnx.Rngs(0), **geometry))
     return _fill(out, [*out.in_cores, out.spatial_core, *out.out_cores, out.bias],
                  [*padded[:n_in], padded[n_in], *padded[n_in + 1:], warm.bias[...]])
 
 
 def describe(opts: Options) -> str:
-    return f"tensor-ring layers (every bond rank {opts.rank}, {opts.tr_factors}+{opts.tr_factors} modes)"
+    conv_rank = "" if opts.conv_rank is None else f", conv bonds {opts.conv_rank}"
+    return f"tensor-ring layers (every bond rank {opts.rank}{conv_rank}, {opts.tr_factors}+{opts.tr_factors} modes)"

@@ -18,6 +18,7 @@ from flax import nnx
 from distill.nn.tucker import Tucker2Conv, Tucker2Linear
 from distill.options import at_least, choice
 from distill.students.mirror import (
+    conv_rank_option,
     init_activation,
     keep_first_conv_option,
     pre_activation,
@@ -33,6 +34,7 @@ class Options:
     tucker_method: str = field(default="hooi", metadata=choice("hooi", "hosvd"))  # the warm start's algorithm
     replace: str = replace_option()  # dense | conv | all: which teacher layers are replaced
     keep_first_conv: bool = keep_first_conv_option()  # the conv that reads the image stays the teacher's
+    conv_rank: int | None = conv_rank_option()  # rank of the replaced convolutions; null = rank
     warm_start: bool = True  # HOOI / HOSVD of the teacher's weights (and the rest copied from the teacher)
 
 
@@ -52,15 +54,18 @@ def make_layer(opts: Options, n_in: int, n_out: int, *, dense, activation: str, 
 
 def make_conv_layer(opts: Options, layer: dict, *, conv, activation: str | None, seed: int, index: int,
                     rngs: nnx.Rngs) -> Tucker2Conv:
-    """A Tucker-2 convolution with the teacher conv `layer`'s geometry: HOOI / HOSVD over the channel
-    modes of its (kernel, bias) when `conv` is given, else random."""
+    """A Tucker-2 convolution of rank `conv_rank` (default `rank`) with the teacher conv `layer`'s
+    geometry: HOOI / HOSVD over the channel modes of its (kernel, bias) when `conv` is given,
+    else random."""
     geometry = {"strides": tuple(layer["stride"]), "padding": tuple(tuple(p) for p in layer["padding"])}
+    rank = opts.conv_rank or opts.rank
     if conv is not None:
-        return Tucker2Conv.from_conv(*conv, rank=opts.rank, method=opts.tucker_method, **geometry)
+        return Tucker2Conv.from_conv(*conv, rank=rank, method=opts.tucker_method, **geometry)
     return pre_activation(Tucker2Conv(layer["in_channels"], layer["out_channels"], tuple(layer["kernel"]),
-                                      rank=opts.rank, activation=init_activation(activation), rngs=rngs,
+                                      rank=rank, activation=init_activation(activation), rngs=rngs,
                                       **geometry))
 
 
 def describe(opts: Options) -> str:
-    return f"Tucker-2 layers (rank {opts.rank}, {opts.tucker_method.upper()} warm start)"
+    conv_rank = "" if opts.conv_rank is None else f", conv rank {opts.conv_rank}"
+    return f"Tucker-2 layers (rank {opts.rank}{conv_rank}, {opts.tucker_method.upper()} warm start)"
