@@ -1,11 +1,12 @@
 """How long will `distill sweep CONFIG` take on this machine? Measure, then extrapolate.
 
 For one point per family (the middle budget level, or the middle size) the student is distilled
-for 1 and for 3 epochs on a fraction of the training set (and a small validation split), from an
-untrained teacher of the config's architecture (a step's time does not depend on the teacher's
-weights). Half the difference is one epoch: its training part is scaled up to the whole training
-set, its validation part replaced by the time of predicting the whole validation split. The rest
-of the 1-epoch run is the per-run setup (compiling — the training step is compiled again for
+for 4 epochs on a fraction of the training set (and a small validation split), from an untrained
+teacher of the config's architecture (a step's time does not depend on the teacher's weights).
+The quickest of epochs 2-4 is the steady time of an epoch (the first one compiles; the others
+may carry one-time costs or another program's load): its training part is scaled up to the whole
+training set, its validation part replaced by the time of predicting the whole validation split.
+The rest of the run is the per-run setup (compiling — the training step is compiled again for
 every run —, warm start, evaluation, latency). The total is Σ over points and seeds of setup +
 distill.epochs × epoch, plus the teacher's training when the config trains one (timed the same
 way, without augmentation). Points of one family are taken to cost what its measured point costs.
@@ -42,6 +43,7 @@ from distill.teachers.network import Network  # noqa: E402
 
 
 def _timed(fn) -> float:
+    """Seconds `fn()` takes."""
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
@@ -72,33 +74,34 @@ def main() -> None:
     for entry in entries:
         mine = [p for p in points if p.entry is entry]
         point = mine[len(mine) // 2]
-        times, student = [], None
-        for n in (1, 3):
-            run = point.entry.config(dataclasses.replace(small_cfg, distill=dataclasses.replace(
-                cfg.distill, epochs=n, layer_epochs=n)), point.size, seed=0)
-            t0 = time.perf_counter()
-            result = distil(run, data, xs, teacher, t_logits, ckpt=lambda name: None, devices=None, progress=False)
-            train.evaluate(train.predict(result.student, xs.x["test"]), t_logits["test"], data.y_test)
-            latencies(result.student, data.n_features)
-            times.append(time.perf_counter() - t0)
-            student = result.student
-        small_epoch = max(times[1] - times[0], 0.0) / 2
-        small_val = _timed(lambda: train.predict(student, data.x_val))
-        full_val = _timed(lambda: train.predict(student, full.x_val))
-        epoch = max(small_epoch - small_val, 0.0) * scale + full_val
-        setup = max(times[0] - small_epoch, 0.0)
+        run = point.entry.config(dataclasses.replace(small_cfg, distill=dataclasses.replace(
+            cfg.distill, epochs=4, layer_epochs=4)), point.size, seed=0)
+        t0 = time.perf_counter()
+        result = distil(run, data, xs, teacher, t_logits, ckpt=lambda name: None, devices=None, progress=False)
+        train.evaluate(train.predict(result.student, xs.x["test"]), t_logits["test"], data.y_test)
+        latencies(result.student, data.n_features)
+        wall = time.perf_counter() - t0
+        # the quickest of epochs 2-4 of the last phase (KD): the first one also compiles, and the
+        # others can carry one-time costs or the load of other work
+        epoch_s = list(result.curves.values())[-1]["epoch_s"]
+        steady = float(min(epoch_s[1:]))
+        small_val = _timed(lambda: train.predict(result.student, data.x_val))
+        full_val = _timed(lambda: train.predict(result.student, full.x_val))
+        epoch = max(steady - small_val, 0.0) * scale + full_val
+        setup = max(wall - sum(epoch_s), 0.0) + max(epoch_s[0] - steady, 0.0)
         total += seeds * (setup + epochs * epoch) * len(mine)
         print(f"{point.name:28s} {point.params:9,d} {setup:8.1f} {epoch:8.1f}", flush=True)
     if cfg.teacher.checkpoint is None:
-        settings = [dataclasses.replace(teacher_settings(cfg), epochs=n) for n in (1, 3)]
-        ts = [_timed(lambda s=s: train.train_classifier(
+        hist = train.train_classifier(
             Network(teacher_spec(cfg.teacher, data.image_shape, data.num_classes), rngs=nnx.Rngs(0)),
-            data.x_train, data.y_train, train.Validation(data.x_val, data.y_val), s, ckpt=None, devices=None,
-            desc="teacher", progress=False)) for s in settings]
-        t_epoch = max(ts[1] - ts[0], 0.0) / 2 * scale
+            data.x_train, data.y_train, train.Validation(data.x_val, data.y_val),
+            dataclasses.replace(teacher_settings(cfg), epochs=4), ckpt=None, devices=None, desc="teacher",
+            progress=False)
+        t_epoch = float(min(hist.epoch_s[1:])) * scale
         print(f"teacher: {t_epoch:.1f} s/epoch × {cfg.teacher.epochs} epochs (without augmentation)")
         total += cfg.teacher.epochs * t_epoch
     print(f"estimated total: {total / 60:.0f} min ({len(points)} points × {seeds} seeds × {epochs} epochs)")
+
 
 if __name__ == "__main__":
     main()

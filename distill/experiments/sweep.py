@@ -369,7 +369,8 @@ def _one_run(point: Point, cfg: Config, seed: int, data, xs, teacher, t_logits, 
     layers = [{k: v for k, v in row.items() if k != "history"} for row in result.layers or []]
     return {**base, "accuracy": ev.accuracy, "agreement": ev.agreement, "kl": ev.kl,
             "params": param_count(student), "train_time_s": train_time,
-            "latency_ms": latencies(student, data.n_features), "stages": result.stages, "layers": layers}
+            "latency_ms": latencies(student, data.n_features), "stages": result.stages, "layers": layers,
+            "epoch_s": {name: hist.get("epoch_s") for name, hist in result.curves.items()}}
 
 
 # --------------------------------------------------------------------------------- summaries
