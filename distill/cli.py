@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -49,6 +50,11 @@ def _common(p: argparse.ArgumentParser, config_help: str) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder to create (must not exist or be empty); "
                                                  "default: runs/<date>-<time>-<name>")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="a multi-host run: the address of process 0, the "
+                   "same on every host (jax.distributed.initialize; or set DISTILL_COORDINATOR); every process runs "
+                   "the same command and process 0 writes the run folder (on a file system all hosts share)")
+    p.add_argument("--num-processes", type=int, metavar="N", help="a multi-host run: how many processes in all")
+    p.add_argument("--process-id", type=int, metavar="I", help="a multi-host run: this process's index, 0..N-1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,7 +171,25 @@ def _load(args: argparse.Namespace):
     return load_config(path, args.overrides)
 
 
+def _steady_malloc() -> None:
+    """Keep glibc from handing XLA's multi-MB per-call buffers back to the OS and mapping them
+    afresh (page faults on every call made latencies bimodal across processes; docs/bench/speed_ii.md):
+    raise the mmap and trim thresholds. Linux/glibc only; elsewhere nothing happens."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 1 << 31)  # M_TRIM_THRESHOLD
+
+
 def main(argv: list[str] | None = None) -> int:
+    _steady_malloc()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -179,6 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("distill: interrupted; no run folder was written", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - a bug, or a bad input no check anticipated: one line, not a trace
+        if os.environ.get("DISTILL_DEBUG"):
+            raise
+        first = str(err).splitlines()[0][:300] if str(err) else ""
+        print(f"distill: internal error: {type(err).__name__}: {first} (nothing was written; rerun with "
+              "DISTILL_DEBUG=1 for the traceback and please report it)", file=sys.stderr)
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -186,7 +217,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from distill.config import parse_override
         from distill.experiments import compare_maps as compare
 
-        r = compare.check_map(args.name, dict(parse_override(t) for t in args.params),
+        r = compare.check_map(args.name, dict(parse_override(t, "--param", "order=2") for t in args.params),
                               pairing=args.pairing, pair_shift=args.pair_shift)
         print(compare.format_validity(r))
         return 0 if r.ok else 1
@@ -194,6 +225,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _use(args)
     if args.command == "sweep":
         return _sweep(args)
+    if args.command in ("run", "teacher", "compare-maps"):  # a multi-host run, if flags or DISTILL_* say so
+        from distill.train.sharding import initialize_distributed
+
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     if args.command in ("run", "compare-maps") and args.resume is not None:
         if args.config is not None or args.overrides or args.out is not None:
             raise DistillError("--resume continues a run with the config it recorded; give no CONFIG, --set or --out")
@@ -252,8 +287,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    """`distill sweep CONFIG` and `distill sweep --resume DIR`."""
+    """`distill sweep CONFIG` and `distill sweep --resume DIR` (one process: its runs are small and
+    many; a multi-host run is refused)."""
     from distill.config import load_config
+
+    if args.coordinator or args.num_processes is not None or args.process_id is not None or any(
+            os.environ.get(k) for k in ("DISTILL_COORDINATOR", "DISTILL_NUM_PROCESSES", "DISTILL_PROCESS_ID")):
+        raise DistillError("distill sweep runs in one process (its runs are many and small); drop --coordinator / "
+                           "--num-processes / --process-id and the DISTILL_* variables (runtime.devices still spreads "
+                           "each run over this host's devices)")
 
     if args.resume is not None:
         if args.config is not None or args.overrides or args.out is not None:

@@ -274,8 +274,10 @@ class RuntimeConfig:
 class Config:
     """One experiment: data → teacher → student, with one seed for everything."""
 
-    name: str = "quickstart"
-    seed: int = field(default=0, metadata=check("an integer ≥ 0", lambda v: v >= 0))
+    name: str = field(default="quickstart", metadata=check(
+        "a name of letters, digits, '-', '_' and '.' (it names the run folder under runs/)",
+        lambda v: bool(v) and v not in (".", "..") and all(c.isalnum() or c in "-_." for c in v)))
+    seed: int = field(default=0, metadata=check("an integer in [0, 2**32)", lambda v: 0 <= v < 2**32))
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -337,16 +339,17 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """'student.bond_dim=16' → ('student.bond_dim', 16); the value is read as YAML."""
+def parse_override(text: str, flag: str = "--set", example: str = "student.bond_dim=16") -> tuple[str, Any]:
+    """'student.bond_dim=16' → ('student.bond_dim', 16); the value is read as YAML.
+    Raises: DistillError naming `flag` for text without '=' or a value that is not YAML."""
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise DistillError(f"--set {text!r}: expected key=value, e.g. --set student.bond_dim=16")
+        raise DistillError(f"{flag} {text!r}: expected key=value, e.g. {flag} {example}")
     try:
         return key, yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
-        raise DistillError(f"--set {text!r}: the value is not valid YAML") from None
+        raise DistillError(f"{flag} {text!r}: the value is not valid YAML") from None
 
 
 def from_dict(raw: dict, overrides: typing.Iterable[str] = ()) -> Config:
@@ -358,17 +361,39 @@ def from_dict(raw: dict, overrides: typing.Iterable[str] = ()) -> Config:
 
 
 def load_config(path: str | Path | None, overrides: typing.Iterable[str] = ()) -> Config:
-    """Read a YAML experiment file (None = all defaults) and apply overrides."""
+    """Read a YAML experiment file (None = all defaults) and apply overrides.
+
+    Raises: DistillError for a missing path, a folder, a file that is not UTF-8 text, YAML syntax
+    errors (with line and column), an empty file, a file that is not a mapping, and every bad key
+    or value (`from_dict`)."""
     raw: Any = {}
     if path is not None:
         path = Path(path)
+        where = f"config file {str(path)!r}"
+        if path.is_dir():
+            raise DistillError(f"{where} is a folder; pass a YAML file (see configs/)")
         if not path.is_file():
-            raise DistillError(f"config file {str(path)!r} not found; pass an existing YAML file (see configs/)")
+            raise DistillError(f"{where} not found; pass an existing YAML file (see configs/)")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise DistillError(f"{where} is not UTF-8 text (byte {err.start} cannot be decoded); pass a YAML "
+                               "text file") from None
+        except OSError as err:
+            raise DistillError(f"cannot read {where} ({err.strerror or err})") from None
+        try:
+            raw = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            first = str(err).splitlines()[0] if str(err) else "syntax error"
-            raise DistillError(f"config file {str(path)!r} is not valid YAML: {first}") from None
+            mark = getattr(err, "problem_mark", None)
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise DistillError(f"{where} is not valid YAML{at}: {problem}") from None
+        if raw is None:
+            raise DistillError(f"{where} is empty; write the keys to change (see configs/quickstart.yaml), or run "
+                               "without a config for the quickstart defaults")
+        if not isinstance(raw, dict):
+            raise DistillError(f"{where} must be a mapping of sections (data:, teacher:, student:, ...), got "
+                               f"{type(raw).__name__} {raw!r:.60}")
     return from_dict(raw, overrides)
 
 

@@ -30,8 +30,18 @@ _STATE_FORMAT = "distill.state"
 _VERSION = 1
 
 
+def _primary() -> bool:
+    """Only process 0 of a multi-process run writes plain files (the others compute the same)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename: never a half-written file."""
+    """Write `text` to `path` through a temporary file and a rename: never a half-written file.
+    In a multi-process run only process 0 writes."""
+    if not _primary():
+        return
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -111,17 +121,30 @@ def _write_checkpoint_dir(path: Path, params: dict | None, json_name: str, json_
 
     Written into a temporary sibling first; an existing ``path`` that holds ``json_name`` is
     swapped out only after the new directory is complete (and restored if the swap fails)."""
+    from distill.train.sharding import agree, barrier
+
     if path.exists() and not (path.is_dir() and (path / json_name).is_file()):
         raise DistillError(
             f"refusing to overwrite {path}: it exists and is not a {what}; "
             "remove it or choose another output path"
         )
+    # Host copies: in a multi-process run every process calls orbax with the same folder and
+    # process 0 writes the arrays (numpy leaves are the primary process's to write).
+    params = None if params is None else jax.tree.map(_host, params)
+    multi = jax.process_count() > 1
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        if multi:  # one temporary folder for all processes, named by process 0
+            tmp = path.parent / f".{path.name}.tmp-{agree(os.getpid())}"
+            if _primary():
+                tmp.mkdir()
+            barrier(f"mkdir {tmp}")
+        else:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
         mask = os.umask(0)
         os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; the checkpoint gets the usual mode
+        if _primary():
+            os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; the checkpoint gets the usual mode
     except OSError as err:
         raise DistillError(
             f"cannot create {what} at {path} ({_one_line(err)}); check the directory is writable"
@@ -135,25 +158,27 @@ def _write_checkpoint_dir(path: Path, params: dict | None, json_name: str, json_
                 with ocp.StandardCheckpointer() as ckptr:
                     ckptr.save(tmp / PARAMS_DIR, params)
                     ckptr.wait_until_finished()  # StandardCheckpointer is async: block until committed
-        for name, blob in (files or {}).items():
-            (tmp / name).write_bytes(blob)
-        with open(tmp / json_name, "w", encoding="utf-8") as f:
-            f.write(json_text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            # POSIX rename cannot replace a non-empty directory: move the old one aside,
-            # move the new one in, then delete the old one.
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old)  # replaces the empty placeholder directory
-            try:
+        if _primary():
+            for name, blob in (files or {}).items():
+                (tmp / name).write_bytes(blob)
+            with open(tmp / json_name, "w", encoding="utf-8") as f:
+                f.write(json_text + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            if path.exists():
+                # POSIX rename cannot replace a non-empty directory: move the old one aside,
+                # move the new one in, then delete the old one.
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+                os.replace(path, old)  # replaces the empty placeholder directory
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.replace(old, path)  # put the previous checkpoint back
+                    old = None
+                    raise
+            else:
                 os.replace(tmp, path)
-            except BaseException:
-                os.replace(old, path)  # put the previous checkpoint back
-                old = None
-                raise
-        else:
-            os.replace(tmp, path)
+        barrier(f"saved {path}")
     except OSError as err:
         _rmtree_quiet(tmp)
         raise DistillError(
@@ -166,6 +191,16 @@ def _write_checkpoint_dir(path: Path, params: dict | None, json_name: str, json_
     finally:
         if old is not None:
             _rmtree_quiet(old)
+
+
+def _host(a):
+    """A numpy copy of this process's array (PRNG keys stay JAX arrays: numpy has no key type)."""
+    from distill.train.sharding import local
+
+    a = local(a)
+    if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+        return a
+    return np.asarray(a)
 
 
 def _json_text(doc: dict, what: str) -> str:

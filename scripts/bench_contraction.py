@@ -15,12 +15,16 @@ gives samples/s. Systems:
                            sample (cores + φ vectors) in one ncon, vmapped over the batch,
                            jitted with optax Adam (no renormalisation: ncon has none)
 
-Peers that are not installed are skipped with a note. Prints a table of samples/s and ratios
+Every system gets the same inputs: the poly features are embedded once before timing (as
+TensorKrowch's setup does; TensorNetwork's per-sample ncon embeds inside its step). Peers
+that are not installed are skipped with a note. Prints a table of samples/s and ratios
 and writes JSON (one entry per shape).
 
     python scripts/bench_contraction.py                       # the three default shapes
     python scripts/bench_contraction.py --shape 784,3,10,10,500 --steps 10
     python scripts/bench_contraction.py --scaling --plot docs/bench/scaling.png
+    python scripts/bench_contraction.py --compile-times 196,784,4096   # first-step compile
+    python scripts/bench_contraction.py --flops-table                  # samples/s, % of GEMM peak
 """
 
 from __future__ import annotations
@@ -103,13 +107,13 @@ def ours_step(sites, d, chi, outputs, batch, method, lr=1e-3):
     """A jitted forward+backward+Adam step on MPSParams; returns a zero-argument runner."""
     params = mps.init_mps(jax.random.key(0), sites, d, chi, outputs)
     x, y = make_data(sites, outputs, batch)
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    phi, y = poly(jnp.asarray(x), d), jnp.asarray(y)  # embedded once, as for TensorKrowch
 
-    def loss(p, x, y):
-        z, _ = mps.contract(p, poly(x, d), method=method)
+    def loss(p, phi, y):
+        z, _ = mps.contract(p, phi, method=method)
         return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
 
-    return adam_runner(loss, params, x, y, lr)
+    return adam_runner(loss, params, phi, y, lr)
 
 
 def ours_forward_backward(sites, d, chi, outputs, batch, method):
@@ -124,6 +128,67 @@ def ours_forward_backward(sites, d, chi, outputs, batch, method):
 
     f = jax.jit(jax.value_and_grad(loss))
     return lambda: jax.block_until_ready(f(params))
+
+
+def compile_time(sites, d, chi, outputs, batch, method=None):
+    """Seconds to trace, lower and compile the jitted forward+backward+Adam step (no run)."""
+    params = mps.init_mps(jax.random.key(0), sites, d, chi, outputs)
+    opt = optax.adam(1e-3)
+    x, y = make_data(sites, outputs, batch)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+
+    def step(p, s, x, y):
+        def loss(p):
+            z, _ = mps.contract(p, poly(x, d), method=method)
+            return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
+
+        l, g = jax.value_and_grad(loss)(p)
+        upd, s = opt.update(g, s, p)
+        return optax.apply_updates(p, upd), s, l
+
+    t0 = time.perf_counter()
+    jax.jit(step).lower(params, opt.init(params), x, y).compile()
+    return time.perf_counter() - t0
+
+
+def step_flops(method, sites, d, chi, outputs):
+    """FLOPs of one training step per sample (forward + backward ≈ 3 forward passes).
+
+    Forward: "scan" 2·n·d^k/k·χ² (k sites merged per step) and the output core; "tree" /
+    "chunked" also 2·n·χ³ for the matrix products.
+    """
+    if method == "scan":
+        k = mps._sites_per_step(d, chi)
+        fwd = 2.0 * sites * d**k / k * chi * chi
+    else:
+        fwd = 2.0 * sites * (d * chi * chi + chi**3)
+    return 3.0 * (fwd + 2.0 * chi * outputs * chi)
+
+
+def flops_table(args, shapes, methods):
+    """samples/s, achieved GFLOP/s and the fraction of the float32 GEMM peak, ours only."""
+    n = 8192 if jax.default_backend() != "cpu" else 2048
+    peak = matmul_peak_gflops(n)
+    print(f"float32 GEMM {n}³ on {jax.devices()[0].device_kind}: {peak:,.1f} GFLOP/s")
+    rows = []
+    for shape in shapes:
+        sites, d, chi, outputs, batch = shape
+        for method in methods:
+            run = ours_step(*shape, method=method)
+            t = time_steps(run, steps=args.steps, min_steps=args.min_steps, budget_s=args.budget_s)
+            sps = batch / t["median_s"]
+            gflops = sps * step_flops(method, sites, d, chi, outputs) / 1e9
+            rows.append({"sites": sites, "d": d, "chi": chi, "outputs": outputs, "batch": batch,
+                         "method": method, "samples_per_s": sps, "gflops": gflops,
+                         "fraction_of_matmul_peak": gflops / peak, "warmup_s": t["warmup_s"],
+                         "load_avg": load_avg()})
+    print(f"\n{'sites':>5} {'d':>2} {'chi':>4} {'batch':>5} {'method':>8} {'samples/s':>12} "
+          f"{'GFLOP/s':>9} {'of peak':>8} {'compile+1st':>11}")
+    for r in rows:
+        print(f"{r['sites']:>5} {r['d']:>2} {r['chi']:>4} {r['batch']:>5} {r['method']:>8} "
+              f"{r['samples_per_s']:>12,.0f} {r['gflops']:>9.2f} "
+              f"{100 * r['fraction_of_matmul_peak']:>7.2f}% {r['warmup_s']:>10.1f}s")
+    return {"matmul_peak_gflops": peak, "matmul_n": n, "rows": rows}
 
 
 # --------------------------------------------------------------------------- TensorKrowch
@@ -303,8 +368,6 @@ def tree_flops(sites, d, chi, outputs, batch):
 
 def matmul_peak_gflops(n=2048, steps=5):
     """This machine's float32 GEMM rate (n×n @ n×n, jitted): the ceiling for the tree's products."""
-    import jax.numpy as jnp
-
     a = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
@@ -427,6 +490,12 @@ def main(argv=None) -> int:
     ap.add_argument("--tree-fit-from", type=int, default=128,
                     help="fit the tree exponent over χ ≥ this (where the products dominate)")
     ap.add_argument("--plot", default=None, help="PNG path for the --scaling plot")
+    ap.add_argument("--flops-table", action="store_true",
+                    help="instead: ours only, per shape and --methods: samples/s, GFLOP/s and "
+                    "the fraction of this device's float32 GEMM rate")
+    ap.add_argument("--compile-times", type=lambda t: [int(v) for v in t.split(",")], default=None,
+                    help="instead: first-step compile time (trace+lower+compile of the training "
+                    "step) at these chain lengths, d/χ/outputs/batch of the first --shape")
     args = ap.parse_args(argv)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     args.scaling_series = {s.strip() for s in args.scaling_series.split(",") if s.strip()}
@@ -438,7 +507,24 @@ def main(argv=None) -> int:
            "platform": platform.platform(), "load_avg_start": load_avg()}
     print(f"jax {jax.__version__}, backend {env['backend']}, cpus {env['cpu_count']}, "
           f"load {env['load_avg_start']}")
-    if args.scaling:
+    if args.flops_table:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        out = {"benchmark": "MPS training step: samples/s and fraction of the float32 GEMM peak",
+               **env, "flops_table": flops_table(args, args.shape or DEFAULT_SHAPES, methods),
+               "load_avg_end": load_avg()}
+    elif args.compile_times:
+        sites_, d, chi, outputs, batch = (args.shape or DEFAULT_SHAPES)[0]
+        rows = []
+        for n in args.compile_times:
+            jax.clear_caches()
+            t = compile_time(n, d, chi, outputs, batch)
+            rows.append({"sites": n, "d": d, "chi": chi, "outputs": outputs, "batch": batch,
+                         "method": mps.choose_method(n, d, chi, batch), "compile_s": t,
+                         "load_avg": load_avg()})
+            print(f"  compile {n} sites (d {d}, χ {chi}, batch {batch}): {t:.2f} s", flush=True)
+        out = {"benchmark": "first-step compile time of the MPS training step", **env,
+               "compile_times": rows, "load_avg_end": load_avg()}
+    elif args.scaling:
         out = {"benchmark": "distill MPS forward+backward scaling", **env,
                "scaling": scaling_study(args), "load_avg_end": load_avg()}
     else:

@@ -6,7 +6,7 @@ several repeats and reports the median time, samples/s, XLA's compiled memory an
 
     python scripts/bench_mps.py                     # default shapes, JSON to bench_results/
     python scripts/bench_mps.py --repeats 20 --json /tmp/b.json
-    python scripts/bench_mps.py --compare           # also time both GEMM arrangements
+    python scripts/bench_mps.py --compare           # fused scan at 1 and 2 sites per step vs the previous scan
     python scripts/bench_mps.py --shape 784,2,20,10,256   # sites,d,chi,outputs,batch
 """
 
@@ -41,14 +41,22 @@ def max_rss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024
 
 
-def bench_shape(sites, d, chi, outputs, batch, *, repeats, arrangement=None, seed=0):
+def bench_shape(sites, d, chi, outputs, batch, *, repeats, variant=None, seed=0):
+    """variant: None (contract's automatic choice), "scan_autodiff" (the previous scan:
+    autodiff of lax.scan), or "scan/k" (the fused scan with k sites per step)."""
     params = mps.init_mps(jax.random.key(seed), sites, d, chi, outputs)
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.uniform(size=(batch, sites)), jnp.float32)
     y = jnp.asarray(rng.integers(0, outputs, batch))
 
     def loss(p, x, y):
-        z, _ = mps._contract_impl(p, trig(x, d), arrangement)
+        if variant is None:
+            z, _ = mps.contract(p, trig(x, d))
+        elif variant == "scan_autodiff":
+            z, _ = mps._contract_impl(p, trig(x, d), method="scan_autodiff")
+        else:
+            z, _ = mps._contract_impl(p, trig(x, d), method="scan",
+                                      sites_per_step=int(variant.split("/")[1]))
         return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
 
     t0 = time.perf_counter()
@@ -64,7 +72,7 @@ def bench_shape(sites, d, chi, outputs, batch, *, repeats, arrangement=None, see
     med = statistics.median(times)
     return {
         "sites": sites, "d": d, "chi": chi, "outputs": outputs, "batch": batch,
-        "arrangement": arrangement or mps._choose_arrangement(d, chi),
+        "variant": variant or mps.choose_method(sites, d, chi, batch),
         "num_params": mps.num_params(params),
         "samples_per_s": batch / med,
         "median_ms": med * 1e3,
@@ -95,19 +103,20 @@ def main(argv=None) -> int:
                     + " and ".join(",".join(map(str, s)) for s in DEFAULT_SHAPES))
     ap.add_argument("--repeats", type=int, default=10, help="timed repeats per shape (median)")
     ap.add_argument("--compare", action="store_true",
-                    help="time both GEMM arrangements (vec_core, outer_core) per shape")
+                    help="time the fused scan at 1 and 2 sites per step and the previous "
+                    "(autodiff) scan per shape")
     ap.add_argument("--json", default="bench_results/bench_mps.json",
                     help="where to write the JSON results (folder is created)")
     args = ap.parse_args(argv)
 
     shapes = args.shape or DEFAULT_SHAPES
-    arrangements = ["vec_core", "outer_core"] if args.compare else [None]
+    variants = ["scan/1", "scan/2", "scan_autodiff"] if args.compare else [None]
     rows = []
     for shape in shapes:
-        for arr in arrangements:
-            rows.append(bench_shape(*shape, repeats=args.repeats, arrangement=arr))
+        for var in variants:
+            rows.append(bench_shape(*shape, repeats=args.repeats, variant=var))
 
-    hdr = (f"{'sites':>6} {'d':>2} {'chi':>4} {'out':>4} {'batch':>6} {'arrangement':>11} "
+    hdr = (f"{'sites':>6} {'d':>2} {'chi':>4} {'out':>4} {'batch':>6} {'variant':>13} "
            f"{'median ms':>10} {'samples/s':>10} {'xla temp MB':>12} {'args+out MB':>12} "
            f"{'max RSS MB':>11}")
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
@@ -116,7 +125,7 @@ def main(argv=None) -> int:
     for r in rows:
         io_mb = ((r["xla_argument_bytes"] or 0) + (r["xla_output_bytes"] or 0)) / 2**20
         print(f"{r['sites']:>6} {r['d']:>2} {r['chi']:>4} {r['outputs']:>4} {r['batch']:>6} "
-              f"{r['arrangement']:>11} {r['median_ms']:>10.1f} {r['samples_per_s']:>10.0f} "
+              f"{r['variant']:>13} {r['median_ms']:>10.1f} {r['samples_per_s']:>10.0f} "
               f"{(r['xla_temp_bytes'] or 0) / 2**20:>12.2f} {io_mb:>12.2f} "
               f"{r['max_rss_bytes'] / 2**20:>11.0f}")
 

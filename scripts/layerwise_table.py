@@ -30,8 +30,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from distill import report, students, teachers
+from distill.config import with_student
+from distill.students.budget import match_budget
+from distill.students.mirror import mirror_param_count
 from distill.experiments import run as pipeline
-from distill.config import MODES, load_config
+from distill.config import MODE_SHORTHANDS, load_config
 from distill.errors import DistillError
 from distill.nn import param_count
 
@@ -81,16 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("config", help="experiment YAML (its student sets the reference family and size)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override, repeatable (as for `distill run`)")
-    ap.add_argument("--families", nargs="+", default=list(students.MIRROR_FAMILIES),
-                    choices=students.MIRROR_FAMILIES)
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    mirrors = [f for f in students.families() if students.is_mirror(f)]
+    ap.add_argument("--families", nargs="+", default=["tt", "lowrank", "dense", "mps_layers"], choices=mirrors)
+    ap.add_argument("--modes", nargs="+", default=list(MODE_SHORTHANDS), choices=list(MODE_SHORTHANDS))
     ap.add_argument("--fractions", nargs="+", type=float, default=[1.0, 0.1, 0.01],
                     help="fractions of the training split (default: 1 0.1 0.01)")
     ap.add_argument("--out", required=True, help="folder for the table and the runs (must not exist)")
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        if cfg.student.family not in students.MIRROR_FAMILIES:
+        if not students.is_mirror(cfg.student.family):
             raise DistillError(f"the reference student must mirror the teacher; student.family is {cfg.student.family!r}")
         out = Path(args.out)
         if out.exists():
@@ -103,10 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, checkpoint=str(folder / "teacher")))
         teacher, _ = teachers.load_teacher(cfg.teacher.checkpoint)
         t_params = param_count(teacher)
-        target = param_count(students.build_mirror(cfg, teacher, warm_start=False))
-        sized = {fam: students.match_budget(dataclasses.replace(
-            cfg, student=dataclasses.replace(cfg.student, family=fam)), teacher, target)[0]
-            for fam in args.families}
+        target = mirror_param_count(cfg.student.family, cfg.student.options, teacher, cfg.seed)
+        sized = {}
+        for fam in args.families:
+            fam_cfg = with_student(cfg, family=fam)
+            opts, _ = match_budget(fam, fam_cfg.student.options, teacher, target, seed=cfg.seed)
+            sized[fam] = dataclasses.replace(fam_cfg, student=dataclasses.replace(fam_cfg.student, options=opts))
         cells = [(f, fam, mode) for f in args.fractions for fam in args.families for mode in args.modes]
         rows = []
         for fraction, fam, mode in tqdm(cells, desc="runs", unit="run"):
@@ -114,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                                            name=f"{fam}-{mode}-{fraction:g}"), fraction)
             t0 = time.perf_counter()
             _, r = pipeline.run(c, out / "runs" / c.name, progress=False)
-            knob = students.SIZE_KNOBS[fam]
-            rows.append({"fraction": fraction, "family": fam, "size": f"{knob}={getattr(c.student, knob)}",
+            knob = students.family(fam).SIZE_KNOB
+            rows.append({"fraction": fraction, "family": fam, "size": f"{knob}={getattr(c.student.options, knob)}",
                          "mode": mode, "accuracy": r["student"]["accuracy"],
                          "agreement": r["student"]["agreement"], "params": r["student"]["params"],
                          "compression": r["compression_ratio"], "accuracy_stages": r["student"]["accuracy_stages"],

@@ -103,7 +103,7 @@ def test_import_run_evaluate_predict_export(trained, capsys, tmp_path):
 
     assert cli.main(["export", str(run), "--format", "safetensors", "--out", str(tmp_path / "s.safetensors")]) == 0
     arrays = load_file(str(tmp_path / "s.safetensors"))
-    assert {"first", "left", "out", "right", "last", "log_scale", "site_order"} <= set(arrays)
+    assert {"first", "left", "out", "right", "last", "log_scale", "site_features.site_order"} <= set(arrays)
     np.testing.assert_array_equal(arrays["out"], np.asarray(student.inner.out[...]))
 
 

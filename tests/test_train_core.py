@@ -226,3 +226,33 @@ def test_a_new_family_is_one_file(tmp_path, monkeypatch):
         assert isinstance(student.hidden_0, nnx.Linear) and student.replaced == ("hidden_0",)
     finally:
         students.families.cache_clear()
+
+
+def test_two_processes_on_localhost_equal_one_process_with_two_devices(tmp_path):
+    """jax.distributed.initialize over gloo (CPU collectives): two processes, one device each, write
+    one run folder whose numbers equal a single process's with two devices."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["run", "--quiet", "--set", "teacher.epochs=2", "--set", "teacher.hidden=[16]", "--set",
+            "distill.epochs=1", "--set", "student.bond_dim=3"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "distill.cli", *args, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+           "--out", str(tmp_path / "multi")]
+    procs = [subprocess.Popen([*cmd, "--process-id", str(i)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-1500:] + outs[1][1][-1500:]
+    single = subprocess.run([sys.executable, "-m", "distill.cli", *args, "--out", str(tmp_path / "single")],
+                            env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+                            capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-1500:]
+    multi = json.loads((tmp_path / "multi" / "results.json").read_text())
+    one = json.loads((tmp_path / "single" / "results.json").read_text())
+    assert multi["devices"] == one["devices"] == 2
+    assert multi["teacher"]["history"]["train_loss"] == pytest.approx(one["teacher"]["history"]["train_loss"],
+                                                                        rel=1e-6)
+    assert multi["student"]["accuracy"] == pytest.approx(one["student"]["accuracy"], abs=1e-9)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["multi", "single"]  # no staging left

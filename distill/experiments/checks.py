@@ -4,6 +4,7 @@ student itself (built shape-only: feature map, output site, sizes), and the teac
 
 from __future__ import annotations
 
+import numpy as np
 from flax import nnx
 
 from distill import students, teachers
@@ -45,9 +46,68 @@ def check_teacher_for_student(cfg: Config, teacher) -> None:
                            "end on the teacher's logits)")
 
 
-def check_student(cfg: Config, image_shape: tuple[int, int], n_classes: int, teacher) -> None:
+#: Parameters, gradients and two Adam moments, float32: bytes per trainable parameter in training.
+_TRAIN_BYTES_PER_PARAM = 16
+
+
+def machine_memory() -> int:
+    """Bytes of physical memory of this machine."""
+    import os
+
+    return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def check_memory(what: str, size_key: str, batch_key: str, params: int, activations: int) -> None:
+    """Raises: DistillError naming the key of the larger term when training `params` parameters
+    with `activations` bytes of activations per step would not fit in this machine's memory."""
+    weights = params * _TRAIN_BYTES_PER_PARAM
+    need = weights + activations
+    have = machine_memory()
+    if need > 0.8 * have:
+        key = size_key if weights >= activations else batch_key
+        raise DistillError(f"{what} would need about {_gib(need)} to train ({params:,} parameters, "
+                           f"{_gib(activations)} of activations per step) but this machine has {_gib(have)}; "
+                           f"lower {key}")
+
+
+def _built(what: str, keys: str, build):
+    """Run a shape-only build; sizes so large that shapes overflow become a one-line error."""
+    try:
+        return nnx.eval_shape(build)
+    except DistillError:
+        raise
+    except (OverflowError, ValueError, TypeError, MemoryError) as err:
+        raise DistillError(f"{what} cannot be built with these sizes ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0][:120] if str(err) else ''}); lower {keys}") from None
+
+
+def check_teacher_size(cfg: Config, image_shape: tuple[int, int], n_classes: int, n_train: int) -> None:
+    """The teacher the config would train fits in memory (checked before anything trains)."""
+    from distill.nn import param_count
+
+    keys = "teacher.hidden" if cfg.teacher.arch == "mlp" else "teacher.conv_channels / teacher.hidden"
+    spec = teacher_spec(cfg.teacher, image_shape, n_classes)
+    model = _built("the teacher", keys, lambda: Network(spec, rngs=nnx.Rngs(0)))
+    widths = _layer_widths(spec)
+    check_memory("the teacher", keys, "teacher.batch_size", param_count(model),
+                 4 * 4 * min(cfg.teacher.batch_size, n_train) * sum(widths))
+
+
+def _layer_widths(spec: dict) -> list[int]:
+    from distill.teachers.network import check_spec
+
+    return [int(np.prod(shape)) for shape in check_spec(spec)[1]]
+
+
+def check_student(cfg: Config, image_shape: tuple[int, int], n_classes: int, teacher, n_train: int | None = None
+                  ) -> None:
     """Build the student shape-only (no arrays drawn): validates its feature map, output site,
-    sizes and pairing on the real input shape. `teacher` may itself be shape-only."""
+    sizes and pairing on the real input shape, and that it fits in memory. `teacher` may itself
+    be shape-only."""
     check_teacher_for_student(cfg, teacher)
     k = cfg.student.downsample
     h, w = image_shape
@@ -61,4 +121,12 @@ def check_student(cfg: Config, image_shape: tuple[int, int], n_classes: int, tea
     else:
         shape = image_shape
     xs = StudentInputs({}, shape)
-    nnx.eval_shape(lambda: build_student(cfg, xs, n_classes, teacher, None, warm_start=False))
+    knob = f"student.{students.family(cfg.student.family).SIZE_KNOB}"
+    built = _built("the student", knob, lambda: build_student(cfg, xs, n_classes, teacher, None, warm_start=False))
+    from distill.nn import param_count
+
+    # activations: the MPS keeps (batch, sites, χ) vectors per step; mirror students the teacher's widths
+    chi = getattr(cfg.student.options, "bond_dim", 1)
+    batch = cfg.distill.batch_size if n_train is None else min(cfg.distill.batch_size, n_train)
+    acts = batch * shape[0] * shape[1] * chi * 4 * 8
+    check_memory("the student", knob, "distill.batch_size", param_count(built), acts)

@@ -106,6 +106,21 @@ def check_teacher_fits(model, meta: dict, data: Dataset, where: str) -> None:
         raise DistillError(f"{where} has {n} outputs but {data.name} has {data.num_classes} classes")
 
 
+def check_teacher_learned(accuracy: float, labels: np.ndarray, teacher: Teacher) -> None:
+    """Raises: DistillError when the teacher's test accuracy is at chance level (within
+    max(5 pt, 3 binomial standard errors) of always predicting the most frequent class): a
+    diverged or mismatched teacher has nothing to teach, and its student would look lossless."""
+    n = max(len(labels), 1)
+    chance = float(np.bincount(labels).max()) / n
+    margin = max(0.05, 3.0 * (chance * (1.0 - chance) / n) ** 0.5)
+    if accuracy < chance + margin:
+        fix = ("lower teacher.lr or train it longer" if teacher.history is not None else
+               "check it was trained on this dataset with the same preprocessing")
+        raise DistillError(f"the teacher ({teacher.source}) scores {100 * accuracy:.1f} % on the test split, no better "
+                           f"than chance ({100 * chance:.1f} %, always the most frequent class): it has nothing to "
+                           f"teach; {fix}")
+
+
 def unused_teacher_keys(cfg: Config) -> list[str]:
     """Teacher keys the config sets away from their defaults although a checkpoint is loaded."""
     default = TeacherConfig()

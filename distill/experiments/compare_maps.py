@@ -56,7 +56,13 @@ from distill import report, students, teachers, train
 from distill.config import Config, dump_yaml, with_student
 from distill.errors import DistillError
 from distill.experiments import checks
-from distill.experiments.common import distil, load_data, student_checkpointing, student_inputs
+from distill.experiments.common import (
+    check_teacher_learned,
+    distil,
+    load_data,
+    student_checkpointing,
+    student_inputs,
+)
 from distill.experiments.folder import RunFolder, default_run_dir
 from distill.experiments.run import CHECKPOINTS, _drop_checkpoints, get_teacher
 from distill.nn import MPS, MPSHidden, param_count
@@ -124,6 +130,18 @@ class MapSpec:
         return students.family("mps").build(run.student.options, n_sites=image_shape[0] * image_shape[1],
                                             image_shape=image_shape, n_classes=n_out,
                                             site_order=site_order(image_shape, cfg.data.ordering), seed=seed)
+
+    def identity(self, cfg: Config) -> tuple:
+        """What the map computes, however it was spelled: the resolved map and its parameters
+        (defaults filled in), the input shift, the pairing and its seed."""
+        probe = self.probe_layer(cfg)
+        sf = probe.site_features
+        if sf.map_key is None:  # learned: its options
+            what = ("learned", self.feature_dim, tuple(sorted(self.params.items())))
+        else:
+            what = sf.map_key
+        seed = self.pairing_seed if self.pairing_seed is not None else cfg.student.options.pairing_seed
+        return (what, self.pairing, seed if self.pairing == "random" else None)
 
     def probe_layer(self, cfg: Config) -> MPSHidden:
         """A tiny MPS layer with this map (family mps_layers): validates it and gives its d."""
@@ -354,6 +372,19 @@ def _first_layer(student):
     return getattr(student, student.replaced[0]) if hasattr(student, "replaced") else student
 
 
+def refuse_duplicates(specs: list[MapSpec], cfg: Config) -> None:
+    """Raises: DistillError when two entries of compare.maps are the same map spelled differently
+    (e.g. {name: trig} and {name: trig, d: 2})."""
+    seen: dict[tuple, int] = {}
+    for i, spec in enumerate(specs):
+        key = spec.identity(cfg)
+        if key in seen:
+            j = seen[key]
+            raise DistillError(f"config: compare.maps[{j}] ({specs[j].label}) and compare.maps[{i}] ({spec.label}) are "
+                               "the same map with the same parameters and pairing; remove one")
+        seen[key] = i
+
+
 def compare_maps(cfg: Config, out: str | Path | None = None, progress: bool = True, *,
                  resume: bool = False) -> tuple[Path, dict]:
     """Compare cfg.compare.maps × cfg.compare.seeds on one teacher; returns (run folder, results).
@@ -363,6 +394,7 @@ def compare_maps(cfg: Config, out: str | Path | None = None, progress: bool = Tr
     _check_variant(cfg)
     checks.check_config(cfg)
     specs = parse_maps(cfg)
+    refuse_duplicates(specs, cfg)
     mirror = cfg.student.family == "mps_layers"
     final = Path(out) if out is not None else default_run_dir(cfg.name, "-compare-maps")
     folder = RunFolder.resume(final) if resume else RunFolder.start(final)
@@ -394,6 +426,7 @@ def _compare_in(cfg, specs, mirror, folder, config_yaml, progress, t0) -> dict:
     checks.check_teacher_for_student(cfg, teacher.model)
     t_logits = {s: teachers.frozen_logits(teacher.model, getattr(data, f"x_{s}")) for s in ("train", "val", "test")}
     teacher_acc = train.losses.accuracy(t_logits["test"], data.y_test)
+    check_teacher_learned(teacher_acc, data.y_test, teacher)
     ckpt_root = student_checkpointing(work / CHECKPOINTS, cfg)
 
     maps = []
@@ -632,6 +665,10 @@ def check_map(name: str, params: dict | None = None, pairing=None, samples=None,
             raise DistillError(f"check-map learned takes parameters d, hidden, seed; got {bad}")
         import jax
 
+        for key, low in (("d", 2), ("hidden", 1), ("seed", 0)):
+            value = params.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise DistillError(f"check-map learned: --param {key}={value!r} must be an integer ≥ {low}")
         lp = init_learned(jax.random.key(int(params.get("seed", seed))), int(params.get("d", 2)),
                           int(params.get("hidden", 8)))
         fm = make_feature_map("learned", check=False, params=lp)

@@ -22,6 +22,12 @@ __all__ = ["RunFolder", "default_run_dir", "leftovers"]
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)$")
 
 
+def _multi() -> bool:
+    import jax
+
+    return jax.process_count() > 1
+
+
 def default_run_dir(name: str, suffix: str = "") -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{stamp}-{name}{suffix}"
@@ -72,10 +78,30 @@ class RunFolder:
 
     @classmethod
     def start(cls, final: str | Path) -> "RunFolder":
-        """A fresh staging folder for `final`.
+        """A fresh staging folder for `final` (in a multi-process run: created by process 0 and
+        shared; the others raise if process 0 refused).
         Raises: DistillError if `final` exists and is not empty, if an interrupted run of it is
         waiting to be resumed, or if the folder cannot be created."""
+        from distill.train.sharding import agree, is_primary
+
         final = Path(final)
+        if not _multi():
+            return cls._start(final, os.getpid())
+        pid0 = agree(os.getpid())
+        folder, failed = None, 0
+        if is_primary():
+            try:
+                folder = cls._start(final, pid0)
+            except DistillError:
+                failed = 1
+                agree(failed)
+                raise
+        if agree(failed):
+            raise DistillError(f"process 0 could not start the run folder {final} (see its message)")
+        return folder or cls(final, final.parent / f".{final.name}.partial-{pid0}", resumed=False)
+
+    @classmethod
+    def _start(cls, final: Path, pid: int) -> "RunFolder":
         if final.exists() and (not final.is_dir() or any(final.iterdir())):
             raise DistillError(f"output folder {str(final)!r} already exists and is not empty; choose another --out")
         for path, pid in _partials(final):
@@ -87,7 +113,7 @@ class RunFolder:
         missing = [p for p in [final.parent, *final.parent.parents] if not p.exists()]
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            work = final.parent / f".{final.name}.partial-{os.getpid()}"
+            work = final.parent / f".{final.name}.partial-{pid}"
             work.mkdir()
         except OSError as err:
             raise DistillError(f"cannot create the run folder {final} ({err.strerror or err}); choose an --out in a "
@@ -129,14 +155,23 @@ class RunFolder:
         return path
 
     def finish(self) -> Path:
-        """Rename the staging folder to the final name."""
-        if self.final.exists():
-            self.final.rmdir()  # empty, checked at start
-        os.replace(self.work, self.final)
+        """Rename the staging folder to the final name (process 0, after every process is done)."""
+        from distill.train.sharding import barrier, is_primary
+
+        barrier(f"finish {self.final}")
+        if is_primary():
+            if self.final.exists():
+                self.final.rmdir()  # empty, checked at start
+            os.replace(self.work, self.final)
+        barrier(f"finished {self.final}")
         return self.final
 
     def abort(self) -> None:
         """Remove the staging folder and the parent folders this run created."""
+        from distill.train.sharding import is_primary
+
+        if not is_primary():
+            return
         shutil.rmtree(self.work, ignore_errors=True)
         for p in self._created:
             try:

@@ -18,6 +18,7 @@ from distill.config import Config, dump_yaml, load_config
 from distill.errors import DistillError
 from distill.experiments import checks
 from distill.experiments.common import (
+    check_teacher_learned,
     dataset_summary,
     describe_student,
     distil,
@@ -120,10 +121,11 @@ def _run_in(cfg: Config, folder: RunFolder, config_yaml: str, progress: bool, t0
     report.write_atomic(work / "config.yaml", config_yaml)
     data = load_data(cfg)
     if cfg.teacher.checkpoint is None and given is None:  # everything checked before the teacher trains
+        checks.check_teacher_size(cfg, data.image_shape, data.num_classes, len(data.y_train))
         checks.check_student(cfg, data.image_shape, data.num_classes,
-                             checks.shape_only_teacher(cfg, data.image_shape, data.num_classes))
+                             checks.shape_only_teacher(cfg, data.image_shape, data.num_classes), len(data.y_train))
     teacher = get_teacher(cfg, data, work, progress=progress, given=given)
-    checks.check_student(cfg, data.image_shape, data.num_classes, teacher.model)
+    checks.check_student(cfg, data.image_shape, data.num_classes, teacher.model, len(data.y_train))
     if cfg.teacher.checkpoint is not None and given is None:
         keys = unused_teacher_keys(cfg)
         note = f"; the config's teacher.{', teacher.'.join(keys)} are not used" if keys else ""
@@ -132,6 +134,7 @@ def _run_in(cfg: Config, folder: RunFolder, config_yaml: str, progress: bool, t0
     is_native = teachers.is_native(teacher.model)
     t_logits = {s: teachers.frozen_logits(teacher.model, getattr(data, f"x_{s}")) for s in ("train", "val", "test")}
     teacher_acc = train.losses.accuracy(t_logits["test"], data.y_test)
+    check_teacher_learned(teacher_acc, data.y_test, teacher)
 
     xs = student_inputs(cfg, data)
     result = distil(cfg, data, xs, teacher.model, t_logits, ckpt=student_checkpointing(work / CHECKPOINTS, cfg),
@@ -144,6 +147,8 @@ def _run_in(cfg: Config, folder: RunFolder, config_yaml: str, progress: bool, t0
     ev = train.evaluate(train.predict(student, xs.x["test"]), t_logits["test"], data.y_test)
 
     t_params, s_params = teacher_params(teacher.model), param_count(student)
+    t_lat = latencies(teacher.model, data.n_features) if is_native else None
+    s_lat = latencies(student, xs.n_sites)
     drop = 100.0 * (teacher_acc - ev.accuracy)
     hidden = [layer["out_features"] for layer in teacher.model.spec["layers"]
               if layer["type"] == "dense" and layer["name"] != "logits"] if is_native else []
@@ -153,12 +158,12 @@ def _run_in(cfg: Config, folder: RunFolder, config_yaml: str, progress: bool, t0
         dataset=dataset_summary(data),
         teacher=report.TeacherResult(
             accuracy=teacher_acc, params=t_params, source=teacher.source, hidden=hidden, architecture=arch,
-            latency_ms=latencies(teacher.model, data.n_features) if is_native else None, history=teacher.history),
+            latency_ms=t_lat, latency_us_per_sample=per_sample(t_lat), history=teacher.history),
         student=report.StudentResult(
             accuracy=ev.accuracy, params=s_params, agreement=ev.agreement, kl=ev.kl, family=cfg.student.family,
             mode=cfg.distill.mode if isinstance(cfg.distill.mode, str) else list(cfg.distill.mode),
             phases=list(cfg.distill.phases), description=describe_student(cfg, xs, teacher.model),
-            accuracy_stages=result.stages, layers=result.layers, latency_ms=latencies(student, xs.n_sites),
+            accuracy_stages=result.stages, layers=result.layers, latency_ms=s_lat, latency_us_per_sample=per_sample(s_lat),
             histories=result.curves),
         compression_ratio=None if t_params is None else t_params / s_params,
         accuracy_drop_pts=drop,
@@ -183,6 +188,11 @@ def _run_in(cfg: Config, folder: RunFolder, config_yaml: str, progress: bool, t0
     report.write_atomic(work / "report.md", report.markdown_report(results, config_yaml))
     _drop_checkpoints(work)
     return results
+
+
+def per_sample(lat: dict[str, float] | None) -> dict[str, float] | None:
+    """{batch: ms per batch} → {batch: µs per sample}."""
+    return None if lat is None else {b: 1e3 * ms / int(b) for b, ms in lat.items()}
 
 
 def _drop_checkpoints(work: Path) -> None:

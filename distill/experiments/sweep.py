@@ -59,6 +59,7 @@ from distill.errors import DistillError
 from distill.experiments import checks
 from distill.experiments.common import (
     check_phases,
+    check_teacher_learned,
     dataset_summary,
     distil,
     latencies,
@@ -292,15 +293,20 @@ def _sweep_in(cfg: Config, entries: list[Entry], folder: RunFolder, config_yaml:
     report.write_atomic(work / "config.yaml", config_yaml)
     data = load_data(cfg)
     if cfg.teacher.checkpoint is None:  # every point is built (shape-only) before the teacher trains
+        checks.check_teacher_size(cfg, data.image_shape, data.num_classes, len(data.y_train))
         teacher_shape = checks.shape_only_teacher(cfg, data.image_shape, data.num_classes)
     else:
         teacher_shape = teachers.load_teacher(cfg.teacher.checkpoint)[0]
         checks.check_teacher_for_student(entries[0].config(cfg, None), teacher_shape)
     levels, points = plan_points(cfg, entries, teacher_shape)
+    for point in points:  # sizes against memory
+        checks.check_student(point.entry.config(cfg, point.size), data.image_shape, data.num_classes, teacher_shape,
+                             len(data.y_train))
     teacher = get_teacher(cfg, data, work, progress=progress)
     checks.check_teacher_for_student(entries[0].config(cfg, None), teacher.model)
     t_logits = {s: teachers.frozen_logits(teacher.model, getattr(data, f"x_{s}")) for s in ("train", "val", "test")}
     teacher_acc = train.losses.accuracy(t_logits["test"], data.y_test)
+    check_teacher_learned(teacher_acc, data.y_test, teacher)
     xs = student_inputs(entries[0].config(cfg, None), data)
     ckpt_root = student_checkpointing(work / CHECKPOINTS, cfg)
     (work / "points").mkdir(exist_ok=True)

@@ -203,7 +203,11 @@ def _onnx_bytes(student: PixelStudent) -> bytes:
     import onnxruntime as ort
     from flax import nnx
 
-    graphdef, state = nnx.split(student)
+    fixed = nnx.clone(student)
+    for _, module in fixed.iter_modules():  # the batch is symbolic in the export: no choice by batch size
+        if getattr(module, "contraction", "set") is None:
+            module.contraction = "scan"
+    graphdef, state = nnx.split(fixed)
 
     def infer(x):
         return nnx.merge(graphdef, state)(x)

@@ -81,3 +81,42 @@ def _dense_operands(layer: str, W, b):
             f"(y = W x + b), got {b.shape}"
         )
     return W, b
+
+
+# ----------------------------------------------------------------------- inference plans
+
+
+class InferencePlan(nnx.Variable):
+    """Non-trainable arrays precomputed from a module's weights for inference (a core layout, a
+    formed product of TT cores): a snapshot, valid only for the weights it was made from."""
+
+
+def store_plan(module: nnx.Module, prepared, static: tuple) -> None:
+    """Keep `prepared` (a pytree of arrays) on `module` as InferencePlan variables, and `static`
+    (hashable: method, layout flags) as a static attribute."""
+    leaves, treedef = jax.tree.flatten(prepared)
+    module.plan_arrays = nnx.List([InferencePlan(leaf) for leaf in leaves])
+    module.plan_static = (treedef, *static)
+
+
+def stored_plan(module: nnx.Module):
+    """(prepared pytree, *static) stored by `store_plan`, or None."""
+    static = getattr(module, "plan_static", None)
+    if static is None:
+        return None
+    treedef, *rest = static
+    return (jax.tree.unflatten(treedef, [v[...] for v in module.plan_arrays]), *rest)
+
+
+def inference_copy(model: nnx.Module, batch: int) -> nnx.Module:
+    """A copy of `model` whose tensor-network modules use precomputed layouts of their weights
+    for batches of `batch` (`prepare_inference`: MPS core layouts, TT products formed once): the
+    same outputs with less per-call work. The original is untouched (the plans are a snapshot of
+    its current weights)."""
+    copy = nnx.clone(model)
+    for _, module in copy.iter_modules():
+        prepare = getattr(module, "prepare_inference", None)
+        if prepare is not None:
+            prepare(int(batch))
+    copy.eval()
+    return copy

@@ -12,13 +12,25 @@ from flax import nnx
 from jax import Array
 
 from distill.errors import DistillError
-from distill.nn.common import _apply_activation, _check_activation, _check_width
+from distill.nn.common import _apply_activation, _check_activation, _check_width, store_plan, stored_plan
 from distill.nn.features import SiteFeatures, _check_int
 from distill.tn import mps as mps_lib
 from distill.tn import mps_layer as mps_layer_lib
 from distill.tn import tt as tt_lib
 
 __all__ = ["MPS", "MPSHidden", "InputScale"]
+
+
+def _contract(module: nnx.Module, params: mps_lib.MPSParams, phi: Array) -> Array:
+    """z of `tn.mps.contract`, through the module's inference plan when it has one."""
+    plan = stored_plan(module)
+    if plan is None:
+        return mps_lib.contract(params, phi, method=module.contraction)[0]
+    prepared, *static = plan
+    if isinstance(prepared, mps_lib.ContractionPlan):  # MPSHidden: the whole plan (output core formed)
+        return mps_lib.contract_planned(prepared, phi)[0]
+    method, sites = static
+    return mps_lib.contract_planned(mps_lib.ContractionPlan(params, prepared, method, sites), phi)[0]
 
 
 def _check_contraction(layer: str, contraction) -> str | None:
@@ -162,9 +174,15 @@ class MPS(nnx.Module):
             )
         return self.site_features(x.astype(self.dtype))
 
+    def prepare_inference(self, batch: int) -> None:
+        """Precompute the cores' layout for batches of `batch` (`tn.mps.plan_contraction`); used
+        by `nn.inference_copy` — never on a module still being trained (it is a snapshot)."""
+        plan = mps_lib.plan_contraction(self.params, batch, method=self.contraction)
+        store_plan(self, plan.prepared, (plan.method, plan.sites_per_step))
+
     def __call__(self, x: Array) -> Array:
         """x (B, n) in [0, 1] → (B, m)."""
-        z, _ = mps_lib.contract(self.params, self.features(x), method=self.contraction)
+        z = _contract(self, self.params, self.features(x))
         return jnp.exp(self.log_scale[...]) * z
 
 
@@ -187,7 +205,10 @@ def _per_feature(layer: str, name: str, value, n: int, dtype) -> Array:
 
 
 class MPSHidden(nnx.Module):
-    """MPS hidden layer x (B, n_in) → (B, n_out): y = act(exp(s)·z + b), z = T·Φ(x̃).
+    """MPS hidden layer x (B, n_in) → (B, n_out): y = act(exp(s)·z + b), where
+    T·Φ(x̃) = z·exp(log_norm): z is the contraction with unit-normalised environments and the
+    per-sample log-norm (the same for every output of a sample) is dropped — the layer outputs the
+    direction of T·Φ(x̃), scaled by one learned exp(s).
 
     A drop-in replacement for a dense hidden layer act(W x + b) (seed 000 §2: a = T·Φ(a_prev)),
     trained layer-wise on a teacher's activations.
@@ -334,7 +355,10 @@ class MPSHidden(nnx.Module):
 
         offset = min(0, min x) (0 for ReLU inputs), scale = quantile_q(x) - offset, per
         feature (or one global value with per_feature=False). Values above the quantile
-        clip to 1. Features that never vary in the sample (dead units) get scale 1.
+        clip to 1. Where quantile_q(x) - offset is ~0 — features that are 0 throughout the
+        sample (dead ReLU units), or constant and ≤ 0 — the scale is 1; a feature constant at
+        c > 0 gets scale c (it maps to 1). Mirror students set the range from the teacher's
+        activations instead (each unit's observed [min, max] onto [0, 1]).
         """
         x = np.asarray(x_sample, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.n_in or x.shape[0] < 1:
@@ -365,6 +389,11 @@ class MPSHidden(nnx.Module):
         """The Partners variable of a pairwise map (None for local maps)."""
         return self.site_features.partners
 
+    def prepare_inference(self, batch: int) -> None:
+        """As `MPS.prepare_inference`: the chain's layout, the output core formed once."""
+        plan = mps_lib.plan_contraction(self.params, batch, method=self.contraction)
+        store_plan(self, plan, (plan.method,))
+
     def output_core_array(self) -> Array:
         """The (χ, n_out, χ) output core (out_factors) or (χ, r, χ) core (readout_rank)."""
         if self.readout_rank is not None:
@@ -390,7 +419,7 @@ class MPSHidden(nnx.Module):
             raise DistillError(
                 f"MPSHidden: expected input of shape (batch, {self.n_in}), got {tuple(x.shape)}"
             )
-        z, _ = mps_lib.contract(self.params, self.features(x), method=self.contraction)
+        z = _contract(self, self.params, self.features(x))
         if self.readout_rank is not None:
             z = jnp.einsum("bk,ok->bo", z, self.readout[...])
         y = jnp.exp(self.log_scale[...]) * z + self.bias[...]

@@ -18,6 +18,8 @@ from distill.nn.common import (
     _check_width,
     _dense_operands,
     _init_variance,
+    store_plan,
+    stored_plan,
 )
 from distill.tn import tt as tt_lib
 
@@ -164,11 +166,21 @@ class TTLinear(nnx.Module):
         """W (N_out, N_in) with y = act(W x + b). Memory N_out·N_in: for analysis, not forward."""
         return tt_lib.tt_to_dense(self.core_arrays)
 
+    def prepare_inference(self, batch: int) -> None:
+        """Form the fixed products of the cores once for batches of `batch` (`tn.tt.tt_plan`);
+        used by `nn.inference_copy` — never on a layer still being trained (it is a snapshot)."""
+        plan = tt_lib.tt_plan(self.core_arrays, batch, method=self.method)
+        store_plan(self, plan, ())
+
     def __call__(self, x: Array) -> Array:
         """x (..., N_in) → (..., N_out)."""
         if x.shape[-1] != self.in_features:
             raise DistillError(
                 f"TTLinear: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}"
             )
-        y = tt_lib.tt_matvec(self.core_arrays, x.astype(self.dtype), method=self.method) + self.bias[...]
-        return _apply_activation(self.activation, y)
+        plan = stored_plan(self)
+        if plan is None:
+            y = tt_lib.tt_matvec(self.core_arrays, x.astype(self.dtype), method=self.method)
+        else:
+            y = tt_lib.tt_matvec_planned(plan[0], x.astype(self.dtype))
+        return _apply_activation(self.activation, y + self.bias[...])

@@ -117,6 +117,10 @@ def markdown_report(results: dict, config_yaml: str) -> str:
 
 
 def _save(fig: Figure, path: Path) -> None:
+    from distill.train.sharding import is_primary
+
+    if not is_primary():  # a multi-process run: process 0 writes the files
+        return
     tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)

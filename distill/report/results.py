@@ -2,7 +2,8 @@
 
 Keys are stable (tests/test_results_schema.py keeps them): tools that read results.json of
 earlier runs keep working. All accuracies are fractions in [0, 1] on the test split; latencies
-are milliseconds per batch (`latency_ms[str(batch)]`) measured as the median of 20 jitted calls;
+are milliseconds per batch (`latency_ms[str(batch)]`) and microseconds per sample
+(`latency_us_per_sample[str(batch)]`), from the median of 20 jitted calls after compilation;
 non-finite numbers are written as null.
 """
 
@@ -22,6 +23,7 @@ class TeacherResult:
     architecture: str  # one line: the layer types in order, or "black box"
     latency_ms: dict[str, float] | None  # per batch, ms; None for a black-box teacher
     history: dict | None  # training history when trained in this run
+    latency_us_per_sample: dict[str, float] | None = None  # µs per sample at each batch size
 
 
 @dataclass
@@ -38,6 +40,7 @@ class StudentResult:
     layers: list[dict] | None  # mirror students: per replaced layer, params and fidelity
     latency_ms: dict[str, float]  # per batch, ms
     histories: dict[str, dict]
+    latency_us_per_sample: dict[str, float] | None = None  # µs per sample at each batch size
 
 
 @dataclass

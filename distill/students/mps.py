@@ -21,7 +21,9 @@ class MPSOptions:
     bond_dim: int = field(default=8, metadata=at_least(1))
     feature_map: str = field(default="trig", metadata=check("a registered feature-map name", lambda v: bool(v)))
     feature_dim: int = field(default=2, metadata=at_least(2))
-    feature_params: dict = field(default_factory=dict)  # extra map parameters, e.g. {scale: 1.0}
+    feature_params: dict = field(default_factory=dict, metadata=check(
+        "a mapping of map parameters to numbers (true/false), e.g. {scale: 1.0}",
+        lambda v: all(isinstance(x, (int, float)) for x in v.values())))  # extra map parameters
     pairing: str | None = field(default=None, metadata=choice("neighbour", "random"))  # pairwise maps only
     pairing_seed: int | None = field(default=None, metadata=check("an integer ≥ 0", lambda v: v >= 0))  # None = seed
     # Pairwise maps read inputs shifted by this (None = 1.0): [x_a, x_a·x_b] is the zero vector

@@ -157,7 +157,12 @@ def trig(x, d: int = 2, scale: float = math.pi / 2) -> Array:
 
 
 def poly(x, d: int = 3) -> Array:
-    """Polynomial map [1, x, x², …, x^(d-1)]: x (...,) → (..., d)."""
+    """Polynomial map [1, x, x², …, x^(d-1)]: x (...,) → (..., d).
+
+    The monomials grow numerically dependent on [0, 1] as the degree rises: above degree 8 the
+    validity check (`validate_feature_map`, tolerance 1e-6 on the relative singular values)
+    refuses the map; `legendre` spans the same polynomials with orthogonal components.
+    """
     d = _check_d("poly", d)
     x = _as_float(x)
     comps = [jnp.ones_like(x)]
@@ -386,6 +391,10 @@ def make_feature_map(name: str, *, check: bool = True, **params) -> FeatureMap:
     if name not in _REGISTRY:
         raise DistillError(f"unknown feature map {name!r}; choose one of {sorted(_REGISTRY)}")
     entry = _REGISTRY[name]
+    for key, value in params.items():
+        if key != "params" and (isinstance(value, (str, bytes, list, dict, type(None)))):
+            raise DistillError(f"feature map {name!r}: parameter {key} = {value!r} must be a number; it takes "
+                               f"{_signature(entry.factory)}")
     try:
         built = entry.factory(**params)
     except TypeError as err:
@@ -555,12 +564,13 @@ class ValidityReport(NamedTuple):
     message: str | None  # the one-line refusal, None when ok
 
 
-def default_samples(arity: int = 1, dtype=None):
-    """257 points of [0, 1] (arity 1), or the 17×17 grid of [0, 1]² as (x_a, x_b)."""
+def default_samples(arity: int = 1, dtype=None, d: int = 2):
+    """Points of [0, 1] (arity 1: max(257, 8·d) of them), or a grid of [0, 1]² as (x_a, x_b)
+    (at least 17×17, and at least 8·d points) — enough to show d independent components."""
     dtype = dtype or jnp.result_type(float)
     if arity == 1:
-        return jnp.linspace(0.0, 1.0, 257, dtype=dtype)
-    g = jnp.linspace(0.0, 1.0, 17, dtype=dtype)
+        return jnp.linspace(0.0, 1.0, max(257, 8 * d), dtype=dtype)
+    g = jnp.linspace(0.0, 1.0, max(17, math.ceil(math.sqrt(8 * d))), dtype=dtype)
     xa, xb = jnp.meshgrid(g, g, indexing="ij")
     return xa.reshape(-1), xb.reshape(-1)
 
@@ -577,7 +587,7 @@ def _as_fm(fm) -> FeatureMap:
 def _samples(fm: FeatureMap, samples) -> tuple[tuple[Array, ...], bool]:
     """Samples as a tuple of `arity` flat float arrays (S,), and whether they were defaulted."""
     if samples is None:
-        s = default_samples(fm.arity)
+        s = default_samples(fm.arity, d=fm.d)
         return (s,) if fm.arity == 1 else s, True
     if fm.arity == 1:
         x = _as_float(samples).reshape(-1)

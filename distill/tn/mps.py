@@ -23,6 +23,7 @@ Einsum letters: b batch · n/s site · p physical · l/r bond · o output.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -32,11 +33,15 @@ import numpy as np
 from jax import Array
 
 from distill.errors import DistillError
+from distill.tn import mps_sweep
 
 __all__ = [
     "MPSParams",
     "init_mps",
     "contract",
+    "ContractionPlan",
+    "plan_contraction",
+    "contract_planned",
     "choose_method",
     "METHODS",
     "contract_dense",
@@ -47,7 +52,13 @@ __all__ = [
 
 
 class MPSParams(NamedTuple):
-    """Cores of an MPS with n sites and the output core between sites k-1 and k."""
+    """Cores of an MPS with n sites and the output core between sites k-1 and k.
+
+    Layout: the bulk cores are stored (site, physical, left, right) — the physical index comes
+    before the bonds, unlike the (left, d, right) of DESIGN.md §1 — so that a core's d slices
+    A[p] (χ, χ) are contiguous for the site-matrix sum Σ_p φ_p A[p]; the output core is
+    (left, output, right).
+    """
 
     first: Array  # (d, χ)            site 0, index (p, r); left bond of size 1 squeezed
     left: Array  # (k-1, d, χ, χ)     sites 1..k-1, index (s, p, l, r)
@@ -190,8 +201,9 @@ def _normalise(v: Array) -> tuple[Array, Array]:
     nrm2 = jnp.sum(v * v, axis=-1)
     tiny = jnp.finfo(v.dtype).tiny
     ok = nrm2 > tiny
-    inv = jnp.where(ok, jax.lax.rsqrt(jnp.where(ok, nrm2, 1.0)), 0.0)
-    return v * inv[..., None], 0.5 * jnp.log(jnp.maximum(nrm2, tiny))
+    safe = jnp.where(ok, nrm2, 1.0)
+    inv = jnp.where(ok, jax.lax.rsqrt(safe), 0.0)
+    return v * inv[..., None], jnp.where(ok, 0.5 * jnp.log(safe), 0.0)
 
 
 # Per-step transfer of a running vector through one core, in two GEMM arrangements.
@@ -199,14 +211,6 @@ def _normalise(v: Array) -> tuple[Array, Array]:
 # bond the running vector comes in on and j the bond it leaves on.
 #   "vec_core":   T = V @ C(i, p·j) → (B, d, χ); V' = Σ_p T φ_p
 #   "outer_core": X = φ ⊗ V (B, d·χ); V' = X @ C(p·i, j)
-
-
-def _arrange(cores: Array, direction: str, arrangement: str) -> Array:
-    """cores (S, p, l, r) → per-step layout used by `_step` for that sweep direction."""
-    # left sweep: the vector enters on l, leaves on r; right sweep: enters on r, leaves on l
-    i_, j_ = ("l", "r") if direction == "left" else ("r", "l")
-    spec_out = f"s{i_}p{j_}" if arrangement == "vec_core" else f"sp{i_}{j_}"
-    return jnp.einsum(f"splr->{spec_out}", cores)
 
 
 def _step(v: Array, core: Array, ph: Array, arrangement: str) -> Array:
@@ -251,10 +255,17 @@ def _site_matrices(cores: Array, phis: Array) -> Array:
 
 
 def _normalise_mats(m: Array) -> tuple[Array, Array]:
-    """m (..., χ, χ) → (m / ‖m‖_F, log ‖m‖_F) per matrix; safe at ‖m‖ = 0."""
+    """m (..., χ, χ) → (m / ‖m‖_F, log ‖m‖_F) per matrix.
+
+    A zero matrix (a zero feature vector at some site) stays 0 with log-norm 0 and a zero
+    gradient: the double `where` as in `_normalise` (flooring ‖m‖² at `tiny` instead gives
+    the zero matrix a 1/sqrt(tiny) ≈ 1e19 gradient and NaN further along).
+    """
     nrm2 = jnp.sum(m * m, axis=(-2, -1))
-    nrm2 = jnp.maximum(nrm2, jnp.finfo(m.dtype).tiny)
-    return m * jax.lax.rsqrt(nrm2)[..., None, None], 0.5 * jnp.log(nrm2)
+    ok = nrm2 > jnp.finfo(m.dtype).tiny
+    safe = jnp.where(ok, nrm2, 1.0)
+    inv = jnp.where(ok, jax.lax.rsqrt(safe), 0.0)
+    return m * inv[..., None, None], jnp.where(ok, 0.5 * jnp.log(safe), 0.0)
 
 
 def _tree_product(mats: Array, logs: Array) -> tuple[Array, Array]:
@@ -287,6 +298,92 @@ def _segment_tree(v0: Array, cores: Array, phis: Array) -> tuple[Array, Array]:
     return v, log_p + log_v
 
 
+def _bit_reversal(size: int) -> np.ndarray:
+    """Permutation p of range(size) (a power of two) with p[j] = j's bits reversed."""
+    bits = max(0, size.bit_length() - 1)
+    return np.array([int(format(j, f"0{bits}b")[::-1], 2) if bits else 0 for j in range(size)])
+
+
+def _tree_size(n: int, k: int, leaf: int) -> int:
+    """Leaves per lane of the "tree": the longer half in leaves of `leaf` sites, rounded up
+    to a power of two."""
+    sites = max(k - 1, n - k - 1)
+    return 1 << max(0, (-(-sites // leaf) - 1).bit_length())
+
+
+def _static_batch(b) -> int:
+    """The batch size as an int for the size-based choices; a symbolic batch (an ONNX export with
+    a dynamic batch axis) counts as large: the training-size choices, valid for any batch."""
+    try:
+        return int(b)
+    except Exception:  # noqa: BLE001 - jax.export's symbolic dimensions refuse int()
+        return 1 << 30
+
+
+def _tree_leaf_sites(d: int, chi: int, batch: int) -> int:
+    """Sites merged into one leaf of the tree (`mps_sweep.merge_sites`): 2 for d = 2 (the
+    same work per leaf pair, one level and half the leaves fewer), else 1."""
+    return 2 if d == 2 else 1
+
+
+def _tree_cores(params: MPSParams, leaf: int) -> Array:
+    """The cores in the layout of `_tree_run` (depends on the parameters only).
+
+    Left half in natural order with identity sites after it, right half in natural order
+    with identity sites before it, both padded to `_tree_size`·leaf sites, `leaf`
+    consecutive sites merged into one leaf (d^leaf components), stored bit-reversed →
+    (size, 2, d^leaf, χ, χ).
+    """
+    n, d, chi, m, k = mps_dims(params)
+    size = _tree_size(n, k, leaf)
+    order = _bit_reversal(size)
+    c_l = _pad_cores(params.left, size * leaf)
+    c_r = _pad_cores(params.right[::-1], size * leaf)[::-1]
+    if leaf > 1:
+        c_l, c_r = mps_sweep.merge_sites(c_l, leaf), mps_sweep.merge_sites(c_r, leaf)
+    return jnp.stack([c_l[order], c_r[order]], axis=1)
+
+
+def _tree_run(cores: Array, L, R, phi, k: int, leaf: int):
+    """"tree" for both half-chains at once, as two lanes of one pairwise reduction.
+
+    cores from `_tree_cores` (same `leaf`); L, R (B, χ) unit boundary vectors; phi (B, n, d)
+    prenormalised → (L', R', log_l, log_r) with L' ∝ L·M_1⋯M_{k-1} and R' ∝ M_k⋯M_{n-2}·R
+    unit vectors. With the leaves stored bit-reversed, the factors to multiply at every level
+    are the first and the second half of the array (contiguous, no gather or strided copy),
+    so each of the log₂ levels is one batched product and one normalisation: few operations,
+    which is what a small batch needs. The leaf matrices themselves are not normalised (φ
+    has max-abs 1 and the cores are O(1): one product cannot overflow); every product is.
+    """
+    n = phi.shape[1]
+    size = cores.shape[0]
+    order = _bit_reversal(size)
+    p_l = _pad_features(phi[:, 1:k], size * leaf)
+    p_r = _pad_features(phi[:, k : n - 1][:, ::-1], size * leaf)[:, ::-1]
+    if leaf > 1:
+        p_l, p_r = mps_sweep.merge_features(p_l, leaf), mps_sweep.merge_features(p_r, leaf)
+    feats = jnp.einsum("bgsp->sgbp", jnp.stack([p_l[:, order], p_r[:, order]], axis=1))
+    chi = cores.shape[-1]
+    m = jnp.einsum("sgbp,sgpx->sgbx", feats, jnp.reshape(cores, cores.shape[:3] + (chi * chi,)))
+    m = jnp.reshape(m, m.shape[:3] + (chi, chi))  # Σ_p φ_p A_p: (size, 2, B, χ, χ)
+    logs = jnp.zeros(m.shape[1:3], m.dtype)
+    level = 0
+    while m.shape[0] > 1:
+        h = m.shape[0] // 2
+        m = jnp.einsum("sgbij,sgbjk->sgbik", m[:h], m[h:])
+        level += 1
+        if level % 2 == 0 or m.shape[0] == 1:
+            # every second level (and the last): a product of factors of Frobenius norm ≤ 1
+            # has norm ≤ 1, so skipping one normalisation cannot overflow, and four unit
+            # factors do not come near float32's underflow
+            m, lp = _normalise_mats(m)
+            logs = logs + jnp.sum(lp, axis=0)
+    m = m[0]
+    Lp, log_lv = _normalise(jnp.einsum("bi,bij->bj", L, m[0]))
+    Rp, log_rv = _normalise(jnp.einsum("bij,bj->bi", m[1], R))
+    return Lp, Rp, logs[0] + log_lv, logs[1] + log_rv
+
+
 def _segment_chunked(v0: Array, cores: Array, phis: Array, chunk: int) -> tuple[Array, Array]:
     """"chunked": scan over chunks of `chunk` sites; inside a chunk, a tree product.
 
@@ -317,27 +414,42 @@ def _segment_scan(v0, cores, phis, arrangement, unroll):
 
 
 METHODS = ("scan", "tree", "chunked")
+_PRIVATE_METHODS = ("scan_autodiff",)  # the previous scan (autodiff of lax.scan): test reference
 
 
 def choose_method(n_sites: int, d: int, chi: int, batch: int, backend: str | None = None) -> str:
     """The contraction method `contract(..., method=None)` uses for these sizes.
 
-    CPU: "scan" everywhere. The tree does χ³ work per site instead of d·χ², materialises
-    (B, n, χ, χ), and XLA:CPU runs the batched χ×χ products slowly; on two cores (jax 0.10.2,
+    CPU: "tree" for small batches, "scan" otherwise. The tree does χ³ work per site instead
+    of d·χ², but in log₂ n dependent steps, so it wins while the batch is too small for the
+    scan's n sequential steps to do much work each: at batch 1 (n 196, d 2, χ 20) it takes
+    a fraction of the scan's per-step overhead. The crossover batch is `_tree_max_batch`.
+    At training batches the fused scan is much faster; on two cores (jax 0.10.2,
     forward+backward+Adam, samples/s scan / chunked / tree, machine shared, load 6-9):
       n 784 d 3 χ 10 B 500: 8,989 / 606 / 536
       n 196 d 2 χ 32 B 256: 25,736 / 285 / 351
       n 784 d 2 χ 64 B 128: 1,596 / 6 / 2
-    Re-measure with `scripts/bench_contraction.py` on other hardware.
+    (the previous scan; see docs/bench for the fused one). Re-measure with
+    `scripts/bench_contraction.py` and `scripts/bench_inference.py` on other hardware.
     GPU/TPU: "tree" (log₂ n sequential depth instead of n kernel launches) while the site
     matrices of one segment fit in a modest budget, else "chunked" (bounded memory, still
     n / chunk sequential steps). This branch is not measured on this project's hardware yet.
     """
     backend = backend or jax.default_backend()
     if backend == "cpu":
-        return "scan"
+        return "tree" if batch <= _tree_max_batch(n_sites, d, chi) else "scan"
     bytes_needed = 4 * batch * n_sites * chi * chi * 3  # site matrices + tree levels + grads
     return "tree" if bytes_needed <= 2 << 30 else "chunked"
+
+
+def _tree_max_batch(n_sites: int, d: int, chi: int) -> int:
+    """Largest batch for which "tree" beats "scan" on CPU (measured, 2 cores, jax 0.10.2).
+
+    Per call the scan costs about n/2 sequential steps of fixed overhead (two lanes) plus
+    B·n·d·χ² MACs; the tree about 2·log₂ n steps plus B·n·χ³ MACs. At n 196, d 2, χ 20
+    the two meet near B = 4; the crossover falls as χ grows (the tree's χ³).
+    """
+    return 4 if chi <= 32 else 1
 
 
 def _auto_chunk(n_seg: int) -> int:
@@ -345,7 +457,132 @@ def _auto_chunk(n_seg: int) -> int:
     return int(min(64, max(8, round(n_seg**0.5))))
 
 
-@functools.partial(jax.jit, static_argnames=("arrangement", "unroll", "method", "chunk"))
+def _sites_per_step(d: int, chi: int, batch: int) -> int:
+    """Sites merged into one step of the fused scan (`mps_sweep.merge_sites`).
+
+    Merging k sites costs d^k / (k·d) times the arithmetic (free for d = 2, k = 2; 1.5× for
+    d = 3) plus forming the merged cores, (n/k)·d^k·χ³ per call whatever the batch, for k
+    times fewer sequential steps. Forward+backward, CPU time per call (2 cores, jax 0.10.2,
+    load ~4.7, k = 1 / 2):
+      n 196 d 2 χ 20 B 128:  5.5 / 4.7 ms      n 196 d 2 χ 32 B 256: 13.6 / 13.8 ms
+      n 784 d 3 χ 10 B 500: 29.1 / 32.4 ms
+    so two sites per step for d = 2, small χ and batches large enough to amortise the merge.
+    """
+    return 2 if d == 2 and chi <= 24 and batch >= 64 else 1
+
+
+def _prenormalise(phi: Array) -> tuple[Array, Array]:
+    """phi (B, n, d) → (φ / max_p |φ_p|, Σ_sites log max_p |φ_p|) per sample.
+
+    Makes the contraction scale-free in the features: a site with φ = 1e-20·φ̂ would make
+    |u|² underflow (flush to 0) in float32 and turn a non-zero sample into a zero one.
+    A zero φ stays 0 (log-norm 0, gradient 0).
+    """
+    top = jnp.abs(phi[..., 0])
+    for p in range(1, phi.shape[-1]):  # elementwise, not a reduce: fuses with its consumers
+        top = jnp.maximum(top, jnp.abs(phi[..., p]))
+    ok = top > 0
+    safe = jnp.where(ok, top, 1.0)
+    inv = jnp.where(ok, 1.0 / safe, 0.0)
+    return phi * inv[..., None], jnp.sum(jnp.where(ok, jnp.log(safe), 0.0), axis=-1)
+
+
+def _pad_cores(cores: Array, length: int) -> Array:
+    """Append identity sites (A[0] = I, A[p>0] = 0) up to `length`: (S, d, χ, χ) → (length, …)."""
+    extra = length - cores.shape[0]
+    if extra == 0:
+        return cores
+    _, d, ci, co = cores.shape
+    eye = jnp.zeros((extra, d, ci, co), cores.dtype).at[:, 0].set(jnp.eye(ci, co, dtype=cores.dtype))
+    return jnp.concatenate([cores, eye])
+
+
+def _pad_features(phi: Array, length: int) -> Array:
+    """Append e_0 feature vectors (the partners of `_pad_cores`' identity sites) up to
+    `length`: (B, S, d) → (B, length, d). An identity site leaves the vector and its norm
+    unchanged."""
+    extra = length - phi.shape[1]
+    if extra == 0:
+        return phi
+    e0 = jnp.zeros((phi.shape[0], extra, phi.shape[2]), phi.dtype).at[:, :, 0].set(1.0)
+    return jnp.concatenate([phi, e0], axis=1)
+
+
+def _scan_segments(s_l: int, s_r: int, k: int):
+    """Static plan of the fused scan over half-chains of s_l and s_r sites (sweep order).
+
+    Returns (common, lanes_len, excess_half, excess_len): both halves' first `common` sites
+    are swept together as two lanes, padded with identity sites to `lanes_len` (a multiple
+    of k); if one half is much longer (an output core far from the middle), its remaining
+    sites are swept alone afterwards, padded to `excess_len`. Small differences are padded
+    instead, so one sweep covers everything.
+    """
+    common, longest = min(s_l, s_r), max(s_l, s_r)
+    up = lambda s: -(-s // k) * k  # noqa: E731
+    if longest - common <= max(k, common // 8):
+        common = longest
+    excess_half = 0 if s_l > s_r else 1
+    return common, up(common), excess_half, up(longest - common)
+
+
+def _scan_matrices(cores: Array, k: int) -> Array:
+    """Sweep-order cores (S, d, χi, χo), S divisible by k → step matrices (S/k, χo, d^k·χi)."""
+    merged = mps_sweep.merge_sites(cores, k) if k > 1 else cores  # (S', D, i, o)
+    s_, dd, ci, co = merged.shape
+    return jnp.reshape(jnp.einsum("spio->sopi", merged), (s_, co, dd * ci))
+
+
+def _scan_features(phi: Array, k: int) -> Array:
+    """Sweep-order features (B, S, d), S divisible by k → (S/k, d^k, B)."""
+    pm = mps_sweep.merge_features(phi, k) if k > 1 else phi
+    return jnp.einsum("bsp->spb", pm)
+
+
+def _halves_in_sweep_order(params: MPSParams):
+    """(left cores (k-1, d, l, r), right cores reversed (n-k-1, d, r, l)): the vector enters
+    on the first bond index and leaves on the second."""
+    return params.left, jnp.einsum("splr->sprl", params.right)[::-1]
+
+
+def _scan_weights(params: MPSParams, k: int) -> tuple:
+    """The step matrices of the fused scan (depend on the parameters only): (W lanes
+    (S', 2, χ, D·χ), W of the excess (S'', 1, χ, D·χ) or None)."""
+    n, d, chi, m, ko = mps_dims(params)
+    common, lanes_len, half, excess_len = _scan_segments(ko - 1, n - ko - 1, k)
+    halves = _halves_in_sweep_order(params)
+    w_lanes = None
+    if lanes_len:
+        w_lanes = jnp.stack([_scan_matrices(_pad_cores(c[:common], lanes_len), k) for c in halves], 1)
+    w_excess = None
+    if excess_len:
+        w_excess = _scan_matrices(_pad_cores(halves[half][common:], excess_len), k)[:, None]
+    return w_lanes, w_excess
+
+
+def _scan_run(weights: tuple, L, R, phi_left, phi_right, k: int, unroll: int):
+    """Sweep both half-chains with `mps_sweep.sweep`, as two lanes of one sweep.
+
+    weights from `_scan_weights`; L, R (χ, B) unit start vectors; phi_* (B, S_*, d) in sweep
+    order (the right half reversed). Returns (L, R, log_l, log_r), L and R (χ, B).
+    """
+    w_lanes, w_excess = weights
+    common, lanes_len, half, excess_len = _scan_segments(phi_left.shape[1], phi_right.shape[1], k)
+    v = jnp.stack([L, R])
+    logs = jnp.zeros((2,) + L.shape[1:], L.dtype)
+    if lanes_len:
+        p = jnp.stack([_scan_features(_pad_features(ph[:, :common], lanes_len), k)
+                       for ph in (phi_left, phi_right)], axis=1)
+        v, logs = mps_sweep.sweep(v, w_lanes, p, unroll)
+    vs, lg = [v[0], v[1]], [logs[0], logs[1]]
+    if excess_len:  # the longer half's remaining sites, one lane
+        ph = (phi_left, phi_right)[half]
+        p = _scan_features(_pad_features(ph[:, common:], excess_len), k)[:, None]
+        v1, l1 = mps_sweep.sweep(vs[half][None], w_excess, p, unroll)
+        vs[half], lg[half] = v1[0], lg[half] + l1[0]
+    return vs[0], vs[1], lg[0], lg[1]
+
+
+@functools.partial(jax.jit, static_argnames=("arrangement", "unroll", "method", "chunk", "sites_per_step"))
 def _contract_impl(
     params: MPSParams,
     phi: Array,
@@ -353,45 +590,138 @@ def _contract_impl(
     unroll: int = 1,
     method: str | None = None,
     chunk: int | None = None,
+    sites_per_step: int | None = None,
 ):
+    return _contract_core(params, phi, arrangement, unroll, method, chunk, sites_per_step, None)
+
+
+def _contract_core(params, phi, arrangement, unroll, method, chunk, sites_per_step, prepared):
+    """`contract`'s body; `prepared` is the method's parameter layout from a
+    `ContractionPlan` (None: formed here, inside the differentiated function)."""
     n, d, chi, m, k = mps_dims(params)
     if phi.ndim != 3 or phi.shape[1] != n or phi.shape[2] != d:
         raise DistillError(
             f"MPS contract: phi must have shape (batch, {n}, {d}), got {tuple(phi.shape)}"
         )
+    batch = _static_batch(phi.shape[0])
     if method is None:
-        method = choose_method(n, d, chi, phi.shape[0])
-    if method not in METHODS:
+        method = choose_method(n, d, chi, batch)
+    if method not in METHODS + _PRIVATE_METHODS:
         raise DistillError(f"MPS contract: method must be one of {METHODS} or None, got {method!r}")
-    if method != "scan":
-        arrangement = "outer_core"  # (p, i, j) layout: site matrices are one einsum away
-    elif arrangement is None:
-        arrangement = _choose_arrangement(d, chi)
 
-    def segment(v0, cores, phis):
-        if method == "scan":
-            return _segment_scan(v0, cores, phis, arrangement, unroll)
-        if method == "tree":
-            return _segment_tree(v0, cores, phis)
-        c = chunk or _auto_chunk(cores.shape[0])
-        return _segment_chunked(v0, cores, phis, min(c, cores.shape[0]))
-
-    phi = phi.astype(params.out.dtype)
+    phi, log_phi = _prenormalise(phi.astype(params.out.dtype))
     L, log_l = _normalise(jnp.einsum("bp,pr->br", phi[:, 0], params.first))
     R, log_r = _normalise(jnp.einsum("bp,pl->bl", phi[:, n - 1], params.last))
-    log_norm = log_l + log_r
-    if k > 1:  # sites 1..k-1, left to right
-        phi_left = jnp.einsum("bnp->nbp", phi[:, 1:k])
-        c_left = _arrange(params.left, "left", arrangement)
-        L, log_s = segment(L, c_left, phi_left)
-        log_norm = log_norm + log_s
-    if n - k - 1 > 0:  # sites n-2..k, right to left (reversed into sweep order)
-        phi_right = jnp.einsum("bnp->nbp", phi[:, k : n - 1])[::-1]
-        c_right = _arrange(params.right, "right", arrangement)[::-1]
-        R, log_s = segment(R, c_right, phi_right)
-        log_norm = log_norm + log_s
+    phi_left = phi[:, 1:k]  # (B, k-1, d), sites 1..k-1 left to right
+    phi_right = phi[:, k : n - 1][:, ::-1]  # sites n-2..k, right to left
+    c_left, c_right = _halves_in_sweep_order(params)
+
+    if method == "tree":
+        leaf = sites_per_step or _tree_leaf_sites(d, chi, batch)
+        cores = _tree_cores(params, leaf) if prepared is None else prepared
+        L, R, ls, rs = _tree_run(cores, L, R, phi, k, leaf)
+        log_l, log_r = log_l + ls, log_r + rs
+    elif method == "scan":
+        kk = sites_per_step or _sites_per_step(d, chi, batch)
+        weights = _scan_weights(params, kk) if prepared is None else prepared
+        Lt, Rt, ls, rs = _scan_run(weights, L.T, R.T, phi_left, phi_right, kk, unroll)
+        L, R = Lt.T, Rt.T
+        log_l, log_r = log_l + ls, log_r + rs
+    else:
+        if method == "scan_autodiff":
+            arrangement = arrangement or _choose_arrangement(d, chi)
+        else:
+            arrangement = "outer_core"  # (p, i, j) layout: site matrices are one einsum away
+
+        def segment(v0, cores, phis):  # cores (S, p, i, j) sweep order, phis (B, S, p)
+            cores = _arrange_sweep(cores, arrangement)
+            phis = jnp.einsum("bnp->nbp", phis)
+            if method == "scan_autodiff":
+                return _segment_scan(v0, cores, phis, arrangement, unroll)
+            c = chunk or _auto_chunk(cores.shape[0])
+            return _segment_chunked(v0, cores, phis, min(c, cores.shape[0]))
+
+        if k > 1:
+            L, log_s = segment(L, c_left, phi_left)
+            log_l = log_l + log_s
+        if n - k - 1 > 0:
+            R, log_s = segment(R, c_right, phi_right)
+            log_r = log_r + log_s
+    # A half whose environment vector is exactly 0 (a zero feature vector in it) contributes
+    # log-norm 0 whatever happened before the zero: the same for every method.
+    log_l = jnp.where(jnp.any(L != 0, axis=-1), log_l, 0.0)
+    log_r = jnp.where(jnp.any(R != 0, axis=-1), log_r, 0.0)
     z = jnp.einsum("bl,lor,br->bo", L, params.out, R)
-    return z, log_norm
+    return z, log_phi + log_l + log_r
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=("params", "prepared"), meta_fields=("method", "sites_per_step"),
+)
+@dataclasses.dataclass(frozen=True)
+class ContractionPlan:
+    """An MPS with its cores already laid out for one contraction method (inference).
+
+    `contract` forms these layouts (reversed halves, identity padding, merged sites, the
+    bit-reversed stack of the tree) from the parameters on every call, inside the function
+    it differentiates. With fixed parameters they can be formed once: `plan_contraction`
+    does that, `contract_planned` uses them. A pytree (method and sites per step static).
+    """
+
+    params: MPSParams
+    prepared: object  # scan: (W lanes, W excess | None); tree: (size, 2, d, χ, χ); else None
+    method: str
+    sites_per_step: int
+
+
+def plan_contraction(params: MPSParams, batch: int, *, method: str | None = None) -> ContractionPlan:
+    """Choose the method for `batch` (`choose_method`) and precompute its core layout.
+
+    Raises:
+      DistillError: an unknown method.
+    """
+    n, d, chi, m, k = mps_dims(params)
+    method = method or choose_method(n, d, chi, int(batch))
+    if method not in METHODS:
+        raise DistillError(f"MPS plan_contraction: method must be one of {METHODS} or None, got {method!r}")
+    if method == "tree":
+        kk = _tree_leaf_sites(d, chi, int(batch))
+    else:
+        kk = _sites_per_step(d, chi, int(batch))
+    prepared = _prepare(params, method, kk)
+    return ContractionPlan(params, prepared, method, kk)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "k"))
+def _prepare(params, method, k):
+    if method == "tree":
+        return _tree_cores(params, k)
+    if method == "scan":
+        return _scan_weights(params, k)
+    return None
+
+
+@jax.jit
+def contract_planned(plan: ContractionPlan, phi: Array) -> tuple[Array, Array]:
+    """`contract(plan.params, phi, method=plan.method)` with the precomputed core layout:
+    the same (z (B, m), log_norm (B,)) for phi (B, n, d), less per-call work (what a
+    batch-1 prediction needs). Differentiable in phi; gradients do not reach the plan's
+    prepared layouts' source parameters (it is for inference).
+
+    Raises:
+      DistillError: phi not (batch, n, d).
+    """
+    return _contract_core(plan.params, phi, None, 1, plan.method, None, plan.sites_per_step,
+                          plan.prepared)
+
+
+def _arrange_sweep(cores: Array, arrangement: str) -> Array:
+    """Sweep-order cores (S, p, i, j) → the per-step layout of `_step` ((S, i, p, j) for
+    "vec_core", unchanged for "outer_core")."""
+    if arrangement == "vec_core":
+        return jnp.einsum("spij->sipj", cores)
+    return cores
 
 
 def contract(
@@ -404,11 +734,21 @@ def contract(
     right environment vectors, so |z| ≤ ‖out‖ whatever the chain length.
 
     method: how each half-chain (sites left / right of the output core) is contracted —
-      "scan"    sequential vector–matrix steps (lax.scan), cost n·d·χ² per sample, depth n;
+      "scan"    sequential renormalised vector–matrix steps, cost n·d·χ² per sample: both
+                halves swept together, two sites merged per step where that is cheap, one
+                GEMM per step with a hand-written backward pass (`tn.mps_sweep`);
       "tree"    build all site matrices (B, n, χ, χ), multiply pairwise, cost n·χ³, depth log₂ n;
       "chunked" scan over chunks of `chunk` sites (default ≈ √n, 8..64), tree inside a chunk;
-      None      `choose_method(n, d, χ, B)` (CPU: "scan"; GPU/TPU: "tree", "chunked" if large).
-    All renormalise every product and accumulate the log-norm, so all are stable in float32.
+      None      `choose_method(n, d, χ, B)` (CPU: "tree" for tiny batches, else "scan";
+                GPU/TPU: "tree", "chunked" if large).
+    All renormalise every product and accumulate the log-norm, so all are stable in float32,
+    and all give the same values, log-norms and gradients. The feature vectors are first
+    scaled to max-abs 1 per site (the scales go into log_norm), so tiny features do not
+    underflow. A sample with an exactly zero feature vector has z = 0, zero gradients, and
+    log_norm without the contribution of the half-chain that vanished.
+
+    Raises:
+      DistillError: phi not (batch, n, d), or an unknown method.
     """
     return _contract_impl(params, phi, method=method, chunk=chunk)
 

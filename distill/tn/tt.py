@@ -23,6 +23,8 @@ The decompositions (`tt_svd`, `truncated_svd`) run in numpy float64 and return n
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from typing import Sequence
 
@@ -36,6 +38,9 @@ from distill.errors import DistillError
 __all__ = [
     "tt_svd",
     "tt_matvec",
+    "TTPlan",
+    "tt_plan",
+    "tt_matvec_planned",
     "TT_METHODS",
     "choose_tt_method",
     "tt_to_dense",
@@ -587,6 +592,69 @@ def tt_matvec(cores: Sequence[Array], x: Array, *, method: str | None = None) ->
     else:  # "cores", or "split" of a single core (one block either way)
         y = _chain(list(cores), x2, detail)
     return jnp.reshape(y, lead + (n_out,))
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=("blocks",), meta_fields=("method", "reverse")
+)
+@dataclasses.dataclass(frozen=True)
+class TTPlan:
+    """A TT-matrix laid out once for inference (`tt_plan`): "dense" holds Wᵀ (N_in, N_out),
+    "split" the two merged blocks, "cores" the cores. A pytree (method, reverse static)."""
+
+    blocks: tuple
+    method: str
+    reverse: bool
+
+
+def tt_plan(cores: Sequence[Array], batch: int, *, method: str | None = None) -> TTPlan:
+    """Precompute the products of the fixed cores for inference at `batch`, and choose how.
+
+    With the cores fixed, forming W or the merged blocks is no longer per-call work, so the
+    choice compares only the per-call products under the CPU cost model (`_seconds`):
+    x @ Wᵀ ("dense": exactly a dense layer's GEMM) against the two-block chain ("split", at
+    its best bond and direction) and the core-by-core chain ("cores"). None: the cheapest.
+
+    Raises:
+      DistillError: malformed cores or an unknown method.
+    """
+    if method is not None and method not in TT_METHODS:
+        raise DistillError(f"tt_plan: method must be one of {TT_METHODS} or None, got {method!r}")
+    _check_cores(cores)
+    shapes = _core_shapes([int(c.shape[2]) for c in cores], [int(c.shape[1]) for c in cores],
+                          tt_ranks(cores))
+    n_in, n_out = math.prod(sh[2] for sh in shapes), math.prod(sh[1] for sh in shapes)
+    batch = int(batch)
+    options = {"dense": (_seconds((batch * n_in * n_out, batch * (n_in + n_out) + n_in * n_out, 0, 1)), None),
+               "cores": min((_seconds(_chain_cost(shapes, batch, rev)), rev) for rev in (False, True))}
+    options["split"] = options["cores"]
+    for bond in range(1, len(shapes)):
+        halves = (shapes[:bond], shapes[bond:])
+        blocks = [(h[0][0], math.prod(x[1] for x in h), math.prod(x[2] for x in h), h[-1][3])
+                  for h in halves]
+        for rev in (False, True):
+            cand = (_seconds(_chain_cost(blocks, batch, rev)), (bond, rev))
+            if options["split"][1] is None or isinstance(options["split"][1], bool) or cand < options["split"]:
+                options["split"] = cand
+    method = method or min(options, key=lambda m: options[m][0])
+    detail = options[method][1]
+    if method == "dense":
+        return TTPlan((jnp.transpose(tt_to_dense(cores)),), "dense", False)
+    if method == "split" and isinstance(detail, tuple):
+        bond, rev = detail
+        return TTPlan((_merge(cores[:bond]), _merge(cores[bond:])), "split", bool(rev))
+    return TTPlan(tuple(cores), method, bool(detail))
+
+
+def tt_matvec_planned(plan: TTPlan, x: Array) -> Array:
+    """y = W x with a `tt_plan`: x (..., N_in) → (..., N_out); the same values as `tt_matvec`."""
+    lead = x.shape[:-1]
+    x2 = jnp.reshape(x, (math.prod(lead), x.shape[-1]))
+    if plan.method == "dense":
+        y = jnp.matmul(x2, plan.blocks[0])
+    else:
+        y = _chain(list(plan.blocks), x2, plan.reverse)
+    return jnp.reshape(y, lead + (y.shape[-1],))
 
 
 def tt_to_dense(cores: Sequence[Array]) -> Array:

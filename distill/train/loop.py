@@ -23,7 +23,7 @@ from distill.train import losses
 from distill.train.checkpoint import Checkpointing, RunInterrupted, stop_requested
 from distill.train.metrics import r2_score
 from distill.train.predict import predict
-from distill.train.sharding import check_batch_size, data_mesh, replicate, shard_batch
+from distill.train.sharding import check_batch_size, data_mesh, local, replicate, shard_batch
 from distill.train.state import TrainSettings, TrainState, make_optimizer
 from distill.train.step import METRICS, Feed, train_step
 
@@ -126,7 +126,10 @@ def fit(model: nnx.Module, loss: Callable[[jax.Array, dict], jax.Array], x: np.n
     if feed is not None and feed.teacher is not None:
         teacher.eval()
         teacher_state = replicate(nnx.state(teacher), mesh)
-    sums = {k: jnp.zeros((), jnp.float32) for k in METRICS}
+    def zeros():
+        return replicate({k: jnp.zeros((), jnp.float32) for k in METRICS}, mesh)
+
+    sums = zeros()
     start_epoch, start_batch = 0, 0
     if ckpt is not None:
         got = ckpt.latest({"train": state, "sums": sums})
@@ -147,7 +150,7 @@ def fit(model: nnx.Module, loss: Callable[[jax.Array, dict], jax.Array], x: np.n
             order = order.reshape(steps, batch)
             first = start_batch if epoch == start_epoch else 0
             if first == 0:
-                sums = {k: jnp.zeros((), jnp.float32) for k in METRICS}
+                sums = zeros()
             for i in range(first, steps):
                 idx = order[i]
                 data = shard_batch({"x": x[idx], **{k: v[idx] for k, v in targets.items()}}, mesh)
@@ -158,10 +161,10 @@ def fit(model: nnx.Module, loss: Callable[[jax.Array, dict], jax.Array], x: np.n
                 reason = stop_requested()
                 if reason is not None and ckpt is not None:
                     done_i = i + 1
-                    ckpt.save(int(state.step), {"train": state, "sums": sums},
+                    ckpt.save(int(local(state.step)), {"train": state, "sums": sums},
                               {"epoch": epoch, "batch": done_i, "done": False, "history": hist.as_dict()})
                     raise RunInterrupted(reason)
-            means = {k: float(v) / steps for k, v in sums.items()}
+            means = {k: float(local(v)) / steps for k, v in sums.items()}
             if not np.isfinite(means["loss"]):
                 raise DistillError(f"{desc}: the training loss became {means['loss']} in epoch {epoch + 1} although "
                                    "the data are finite; lower the learning rate (e.g. halve it) or lower the "
@@ -174,10 +177,11 @@ def fit(model: nnx.Module, loss: Callable[[jax.Array, dict], jax.Array], x: np.n
                 score = float(val.score(predict(model, val.x), val.y))
                 model.train()
             state = state._replace(epoch=state.epoch + 1)
-            if score is None or score > float(state.best_score) or int(state.best_epoch) == 0:
+            if score is None or score > float(local(state.best_score)) or int(local(state.best_epoch)) == 0:
                 state = state._replace(best_params=jax.tree.map(jnp.copy, kept),
                                        best_rest=jax.tree.map(jnp.copy, state.rest),
-                                       best_score=jnp.asarray(score if score is not None else 0.0, jnp.float32),
+                                       best_score=replicate(jnp.asarray(score if score is not None else 0.0,
+                                                                        jnp.float32), mesh),
                                        best_epoch=jnp.copy(state.epoch))
                 hist.best_epoch, hist.best_val_accuracy = epoch + 1, score
             hist.train_loss.append(means["loss"])
@@ -191,7 +195,7 @@ def fit(model: nnx.Module, loss: Callable[[jax.Array, dict], jax.Array], x: np.n
                              **({val.name: f"{score:.4f}"} if score is not None else {})})
             last = epoch + 1 == settings.epochs
             if ckpt is not None and (last or (epoch + 1) % ckpt.every == 0):
-                ckpt.save(int(state.step), {"train": state, "sums": sums},
+                ckpt.save(int(local(state.step)), {"train": state, "sums": sums},
                           {"epoch": epoch + 1, "batch": 0, "done": last, "history": hist.as_dict()})
     finally:
         bar.close()
@@ -199,8 +203,12 @@ def fit(model: nnx.Module, loss: Callable[[jax.Array, dict], jax.Array], x: np.n
 
 
 def _load(model: nnx.Module, params, rest) -> None:
-    """Copy state arrays into the model (copies: the state's own buffers are donated next step)."""
-    nnx.update(model, jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, rest))
+    """Copy state arrays into the model (copies: the state's own buffers are donated next step;
+    this process's own copies: the model is used on one process's devices afterwards)."""
+    def copy(x):
+        return jnp.copy(local(x))
+
+    nnx.update(model, jax.tree.map(copy, params), jax.tree.map(copy, rest))
 
 
 def _finish(model: nnx.Module, state: TrainState, hist: History) -> History:

@@ -66,8 +66,20 @@ def check_batch_size(batch_size: int, mesh: Mesh, key: str) -> None:
 
 
 def replicate(tree, mesh: Mesh):
-    """Every array of `tree` replicated on every device of the mesh."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """Every array of `tree` replicated on every device of the mesh (with several processes: from
+    each process's own copy, which must be equal everywhere — same seed, same data)."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            data = np.asarray(jax.random.key_data(local(x)))
+            return jax.random.wrap_key_data(jax.make_array_from_callback(data.shape, sharding, lambda i: data[i]))
+        host = np.asarray(local(x))
+        return jax.make_array_from_callback(host.shape, sharding, lambda i: host[i])
+
+    return jax.tree.map(put, tree)
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
@@ -83,3 +95,36 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
         rows = np.array_split(np.arange(arr.shape[0]), jax.process_count())[jax.process_index()]
         out[name] = jax.make_array_from_process_local_data(sharding, arr[rows], arr.shape)
     return out
+
+
+# ----------------------------------------------------------------------- several processes
+
+
+def is_primary() -> bool:
+    """Whether this process writes files (process 0; always true with one process)."""
+    return jax.process_index() == 0
+
+
+def barrier(tag: str) -> None:
+    """Wait until every process reaches the barrier `tag` (no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(tag)
+
+
+def agree(value: int) -> int:
+    """Process 0's `value`, on every process (e.g. its PID, to name a shared folder)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.asarray(value, np.int64)))
+
+
+def local(x):
+    """This process's copy of a replicated array (a global array spanning several processes
+    cannot be read whole by one of them); other values unchanged."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x.addressable_data(0)
+    return x

@@ -106,7 +106,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_state=Non
 
     value, grads = nnx.value_and_grad(loss_of, argnums=nnx.DiffState(0, nnx.Param))(model)
     rest = nnx.state(model, nnx.Not(nnx.Param))  # BatchNorm statistics, RNG counters after the forward
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    with jax.numpy_dtype_promotion("standard"):  # optax's Adam raises a float to an int32 count
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(state.params),
                "update_norm": optax.tree.norm(updates), "lr": jnp.asarray(schedule(state.step), jnp.float32)}

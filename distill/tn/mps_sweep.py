@@ -1,0 +1,176 @@
+"""The fused MPS sweep behind `tn.mps.contract(method="scan")`: pure functions on arrays.
+
+One sweep carries G independent running vectors ("lanes": the left and the right half-chain
+of an MPS, swept together so that each step does both halves' work in one GEMM) through S
+steps. Each step applies one site matrix per lane and sample, M(φ) = Σ_D φ_D A_D, and
+renormalises the vector to unit norm:
+
+    u = W · (φ ⊗ v)          W (χ_out, D·χ_in), φ ⊗ v (D·χ_in, B): one GEMM per lane
+    v' = u / |u|,            log-norm += log |u|
+
+A "site" here may be K physical sites merged (`merge_sites`): D = d^K components and the
+product of K cores, so one step covers K sites (fewer sequential steps for d^K/(K·d) times
+the arithmetic: free for d = 2, K = 2).
+
+Layout: the vectors are carried as (G, χ, B) — batch in the minor dimension — so that the
+elementwise work (the outer product φ ⊗ v, the norms over χ, the rescaling) vectorises over
+the batch, and W·(φ ⊗ v) is one (χ, D·χ) × (D·χ, B) GEMM into which XLA:CPU fuses the outer
+product.
+
+Gradients (`jax.custom_vjp`): the forward pass keeps only the step inputs v_s (S, G, χ, B)
+and the inverse norms (S, G, B); the backward pass is one reverse sweep that carries the
+cotangent g of the running vector and, per step,
+
+    ū = (g − v'·(v'·g − ℓ̄)) / |u|        through the normalisation (ℓ̄: cotangent of Σ log |u|)
+    g ← Wᵀ · (φ ⊗ ū)                      (χ_in, D·χ_out) × (D·χ_out, B), one GEMM
+    ∂W = ū · (φ ⊗ v)ᵀ                     (χ_out, B) × (B, D·χ_in), one GEMM
+
+and the gradient of φ (only when φ is differentiated, e.g. a learned feature map) once after
+the sweep. A step whose |u| is exactly 0 (a zero feature vector) has 1/|u| := 0: the vector
+stays 0 and every gradient of that sample is 0, never NaN.
+
+Einsum letters: s step · g lane · b batch · o / i bond out / in of a step · p / D physical
+(merged) · k the flattened (D, χ_in) GEMM dimension.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+__all__ = ["sweep", "sweep_forward", "merge_sites", "merge_features", "inv_norm"]
+
+
+def inv_norm(u: Array, axis: int) -> Array:
+    """1 / |u| along `axis`, and exactly 0 (with a zero gradient) where |u|² ≤ tiny."""
+    n2 = jnp.sum(u * u, axis=axis)
+    ok = n2 > jnp.finfo(u.dtype).tiny
+    return jnp.where(ok, jax.lax.rsqrt(jnp.where(ok, n2, 1.0)), 0.0)
+
+
+def log_from_inv(inv: Array) -> Array:
+    """log |u| from 1/|u|; 0 where the vector was zero (inv = 0)."""
+    ok = inv > 0
+    return jnp.where(ok, -jnp.log(jnp.where(ok, inv, 1.0)), 0.0)
+
+
+def _outer(phi: Array, v: Array) -> Array:
+    """phi (G, D, B), v (G, χ, B) → φ ⊗ v (G, D·χ, B), row index (D, χ) with D slowest."""
+    g, d, b = phi.shape
+    return jnp.reshape(phi[:, :, None, :] * v[:, None, :, :], (g, d * v.shape[1], b))
+
+
+def _step(v: Array, w: Array, phi: Array) -> tuple[Array, Array]:
+    """v (G, χi, B), w (G, χo, D·χi), phi (G, D, B) → (unit v' (G, χo, B), 1/|u| (G, B))."""
+    u = jnp.einsum("gok,gkb->gob", w, _outer(phi, v))
+    inv = inv_norm(u, axis=1)
+    return u * inv[:, None, :], inv
+
+
+def sweep_forward(v0: Array, w: Array, phi: Array, unroll: int = 1) -> tuple[Array, Array]:
+    """Forward-only sweep (no residuals): see `sweep`. Returns (v (G, χ, B), logs (G, B))."""
+
+    def body(carry, xs):
+        v, log_acc = carry
+        v, inv = _step(v, *xs)
+        return (v, log_acc + log_from_inv(inv)), None
+
+    init = (v0, jnp.zeros((v0.shape[0], v0.shape[2]), v0.dtype))
+    (v, logs), _ = jax.lax.scan(body, init, (w, phi), unroll=unroll)
+    return v, logs
+
+
+def _forward_with_residuals(v0, w, phi, unroll):
+    def body(v, xs):
+        v_next, inv = _step(v, *xs)
+        return v_next, (v, inv)  # keep the step's input vector and 1/|u|
+
+    v, (v_in, inv) = jax.lax.scan(body, v0, (w, phi), unroll=unroll)
+    return v, v_in, inv
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def sweep(v0: Array, w: Array, phi: Array, unroll: int = 1) -> tuple[Array, Array]:
+    """Renormalised sweep of G lanes through S steps, with a hand-written backward pass.
+
+    v0 (G, χ, B) start vectors (unit norm or 0); w (S, G, χ, D·χ) the steps' matrices,
+    w[s, g, o, (D, i)] = A[D, i, o]; phi (S, G, D, B) the steps' (merged) feature vectors →
+    (v (G, χ, B) the final unit vectors, logs (G, B) = Σ_s log |u_s|, 0 for zero steps).
+    """
+    return sweep_forward(v0, w, phi, unroll)
+
+
+def _sweep_fwd(v0, w, phi, unroll):
+    need_phi = phi.perturbed
+    v0, w, phi = v0.value, w.value, phi.value
+    v, v_in, inv = _forward_with_residuals(v0, w, phi, unroll)
+    logs = jnp.sum(log_from_inv(inv), axis=0)
+    # the last field is a static marker (None = φ not differentiated: skip its gradient)
+    return (v, logs), (w, phi, v_in, inv, v, () if need_phi else None)
+
+
+def _sweep_bwd(unroll, res, cts):
+    w, phi, v_in, inv, v_last, need_phi = res
+    g_v, g_log = cts
+    if isinstance(g_v, jax.custom_derivatives.SymbolicZero):
+        g_v = jnp.zeros_like(v_last)
+    if isinstance(g_log, jax.custom_derivatives.SymbolicZero):
+        g_log = jnp.zeros(inv.shape[1:], inv.dtype)
+    s, g, co, k = w.shape
+    d = phi.shape[2]
+    ci = k // d
+    # Wᵀ arranged for the reverse step: wt[s, g, i, (D, o)] = A[D, i, o]
+    wt = jnp.reshape(
+        jnp.einsum("sgopi->sgipo", jnp.reshape(w, (s, g, co, d, ci))), (s, g, ci, d * co)
+    )
+
+    def body(carry, xs):
+        gv, v_out = carry  # cotangent of this step's output, and the output itself
+        wt_s, phi_s, v_s, inv_s = xs
+        a = jnp.sum(v_out * gv, axis=1)
+        u_bar = (gv - v_out * (a - g_log)[:, None, :]) * inv_s[:, None, :]
+        g_in = jnp.einsum("gik,gkb->gib", wt_s, _outer(phi_s, u_bar))
+        g_w = jnp.einsum("gkb,gob->gok", _outer(phi_s, v_s), u_bar)
+        out = (g_w, u_bar) if need_phi is not None else g_w
+        return (g_in, v_s), out
+
+    (g_v0, _), out = jax.lax.scan(
+        body, (g_v, v_last), (wt, phi, v_in, inv), reverse=True, unroll=unroll
+    )
+    if need_phi is not None:
+        g_w, u_bar = out
+        # ∂φ[s, g, D, b] = Σ_{o,i} ū[o, b] A[D, i, o] v[i, b]
+        g_phi = jnp.einsum(
+            "sgopi,sgib,sgob->sgpb", jnp.reshape(w, (s, g, co, d, ci)), v_in, u_bar
+        )
+    else:
+        g_w, g_phi = out, jnp.zeros_like(phi)
+    return g_v0, g_w, g_phi
+
+
+sweep.defvjp(_sweep_fwd, _sweep_bwd, symbolic_zeros=True)
+
+
+def merge_sites(cores: Array, k: int) -> Array:
+    """Products of k consecutive cores: (S, d, χi, χo) in sweep order, S divisible by k →
+    (S/k, d^k, χi, χo), merged physical index (p_1, …, p_k) with p_1 slowest."""
+    s, d, ci, co = cores.shape
+    c = jnp.reshape(cores, (s // k, k, d, ci, co))
+    acc = c[:, 0]
+    for j in range(1, k):
+        acc = jnp.einsum("sPim,spmo->sPpio", acc, c[:, j])
+        acc = jnp.reshape(acc, (s // k, -1, ci, c.shape[-1]))
+    return acc
+
+
+def merge_features(phi: Array, k: int) -> Array:
+    """phi (B, S, d), S divisible by k → (B, S/k, d^k): φ_{s1} ⊗ … ⊗ φ_{sk}, p_1 slowest."""
+    b, s, d = phi.shape
+    p = jnp.reshape(phi, (b, s // k, k, d))
+    acc = p[:, :, 0]
+    for j in range(1, k):
+        acc = jnp.reshape(acc[..., :, None] * p[:, :, j, None, :], (b, s // k, -1))
+    return acc

@@ -1,0 +1,237 @@
+"""Inference latency of the Fashion students against their MLP teacher, in one process.
+
+Builds, with random weights of the right shapes (latency does not depend on training):
+
+  teacher   MLP 784-512-512-10 (relu), flax nnx.Linear layers
+  mps       configs/fashion_mps.yaml's student: 2×2 average pooling of the 28×28 image to
+            14×14 = 196 sites, trig map d = 2, χ = 20, 10 outputs (distill.nn.MPS); the
+            pooling is inside the timed function, so both sides start from the same 784 pixels
+  tt        configs/layerwise_fashion.yaml's student: both hidden layers as TT-matrix layers
+            (distill.nn.TTLinear, 4 cores, rank 8, relu) and the teacher's dense 512 → 10 head
+
+Each model is one jitted function of (state, x); it is compiled and warmed up first, then the
+models are timed interleaved (round robin, one call each per round) for `--rounds` rounds at
+each batch size, so that machine load hits all of them alike. Reports the median and the
+10th percentile per call, the ratio student / teacher, and `os.getloadavg()` before and after.
+Writes JSON.
+
+    python scripts/bench_inference.py                         # batch 1 and 256
+    python scripts/bench_inference.py --batch 1,64,256 --rounds 400
+    python scripts/bench_inference.py --processes 6           # TT latency across processes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from distill.nn import MPS, TTLinear  # noqa: E402
+from distill.tn import mps as mps_lib  # noqa: E402
+from distill.tn import tt as tt_lib  # noqa: E402
+
+
+def load_avg() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+class MLP(nnx.Module):
+    """The teacher: 784-512-512-10, relu."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.l1 = nnx.Linear(784, 512, rngs=rngs)
+        self.l2 = nnx.Linear(512, 512, rngs=rngs)
+        self.l3 = nnx.Linear(512, 10, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l3(jax.nn.relu(self.l2(jax.nn.relu(self.l1(x)))))
+
+
+class TTStudent(nnx.Module):
+    """layerwise_fashion: TT hidden layers (4 cores, rank 8) and a dense head."""
+
+    def __init__(self, rngs: nnx.Rngs, rank: int = 8, n_factors: int = 4, method=None):
+        self.l1 = TTLinear(784, 512, rank=rank, n_factors=n_factors, activation="relu",
+                           method=method, rngs=rngs)
+        self.l2 = TTLinear(512, 512, rank=rank, n_factors=n_factors, activation="relu",
+                           method=method, rngs=rngs)
+        self.l3 = nnx.Linear(512, 10, rngs=rngs)
+
+    def __call__(self, x, plans=None):
+        if plans is None:
+            return self.l3(self.l2(self.l1(x)))
+        # what TTLinear.__call__(x, plan=...) would do: W's fixed products formed once
+        # (tn.tt.tt_plan), then only the per-call GEMMs
+        for layer, plan in zip((self.l1, self.l2), plans):
+            x = jax.nn.relu(tt_lib.tt_matvec_planned(plan, x) + layer.bias[...])
+        return self.l3(x)
+
+
+class MPSStudent(nnx.Module):
+    """fashion_mps: 2×2 average pooling to 14×14, then an MPS (trig d 2, χ 20)."""
+
+    def __init__(self, rngs: nnx.Rngs, chi: int = 20, contraction=None):
+        self.mps = MPS(196, 10, bond_dim=chi, feature_map="trig", feature_dim=2,
+                       contraction=contraction, rngs=rngs)
+
+    def __call__(self, x, plan=None):
+        img = jnp.reshape(x, (x.shape[0], 14, 2, 14, 2))  # 2×2 blocks, summed elementwise
+        pooled = 0.25 * (img[:, :, 0, :, 0] + img[:, :, 0, :, 1] + img[:, :, 1, :, 0] + img[:, :, 1, :, 1])
+        pooled = jnp.reshape(pooled, (x.shape[0], 196))
+        if plan is None:
+            return self.mps(pooled)
+        # what MPS.__call__(x, plan=...) would do: the precomputed core layout of
+        # tn.mps.plan_contraction instead of forming it on every call
+        z, _ = mps_lib.contract_planned(plan, self.mps.features(pooled))
+        return jnp.exp(self.mps.log_scale[...]) * z
+
+
+def jitted(model, *extra):
+    """x → model(x, *extra), jitted; the state travels as a flat list of arrays (cheap
+    dispatch), `extra` (e.g. a ContractionPlan) as a pytree argument."""
+    graphdef, state = nnx.split(model)
+    leaves, treedef = jax.tree.flatten(state)
+
+    @jax.jit
+    def f(leaves, extra, x):
+        return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(x, *extra)
+
+    return lambda x: f(leaves, extra, x)
+
+
+def build(names, seed=0, mps_contraction=None, tt_method=None):
+    rngs = nnx.Rngs(seed)
+    makers = {
+        "teacher": lambda: MLP(rngs),
+        "mps": lambda: MPSStudent(rngs, contraction=mps_contraction),
+        "tt": lambda: TTStudent(rngs, method=tt_method),
+    }
+    return {n: makers[n]() for n in names}
+
+
+def time_interleaved(fns: dict, x, rounds: int) -> dict:
+    """Compile + warm up each fn, then `rounds` round-robin calls; per-call seconds."""
+    compile_s = {}
+    for name, f in fns.items():
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(x))
+        compile_s[name] = time.perf_counter() - t0
+        for _ in range(5):
+            jax.block_until_ready(f(x))
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, f in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(x))
+            times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, ts in times.items():
+        ts = sorted(ts)
+        out[name] = {"median_ms": statistics.median(ts) * 1e3,
+                     "p10_ms": ts[len(ts) // 10] * 1e3,
+                     "min_ms": ts[0] * 1e3,
+                     "compile_s": compile_s[name], "calls": len(ts)}
+    return out
+
+
+def bench(args) -> dict:
+    names = ["teacher"] + [s for s in args.students.split(",") if s]
+    models = build(names, mps_contraction=args.mps_contraction, tt_method=args.tt_method)
+    fns = {n: jitted(m) for n, m in models.items()}
+    params = {n: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(nnx.state(m, nnx.Param)))
+              for n, m in models.items()}
+    if "mps" in models:
+        names.append("mps_planned")
+    if "tt" in models:
+        names.append("tt_planned")
+    rows = []
+    rng = np.random.default_rng(0)
+    for batch in args.batch:
+        if "mps" in models:  # the plan (method + core layout) for this batch, formed once
+            plan = mps_lib.plan_contraction(models["mps"].mps.params, batch,
+                                            method=args.mps_contraction)
+            fns["mps_planned"] = jitted(models["mps"], plan)
+            print(f"  batch {batch}: planned MPS contraction {plan.method!r}, "
+                  f"{plan.sites_per_step} site(s) per step", flush=True)
+        if "tt" in models:
+            plans = tuple(tt_lib.tt_plan(layer.core_arrays, batch)
+                          for layer in (models["tt"].l1, models["tt"].l2))
+            fns["tt_planned"] = jitted(models["tt"], plans)
+            print(f"  batch {batch}: planned TT layers {[p.method for p in plans]}", flush=True)
+        x = jnp.asarray(rng.uniform(size=(batch, 784)), jnp.float32)
+        load_before = load_avg()
+        t = time_interleaved(fns, x, args.rounds)
+        row = {"batch": batch, "load_avg_before": load_before, "load_avg_after": load_avg(),
+               "timing": t}
+        for n in names[1:]:
+            row[f"{n}_over_teacher_median"] = t[n]["median_ms"] / t["teacher"]["median_ms"]
+            row[f"{n}_over_teacher_p10"] = t[n]["p10_ms"] / t["teacher"]["p10_ms"]
+        rows.append(row)
+        cells = "  ".join(f"{n} {t[n]['median_ms']:.3f} ms (p10 {t[n]['p10_ms']:.3f})" for n in names)
+        ratios = "  ".join(f"{n}/teacher {row[f'{n}_over_teacher_median']:.2f}" for n in names[1:])
+        print(f"batch {batch:4d}: {cells}  |  {ratios}  load {load_before}", flush=True)
+    return {"params": params, "results": rows}
+
+
+def across_processes(args) -> list:
+    """Re-run this script's batch-`--batch` timing in fresh processes (bimodality check)."""
+    out = []
+    for i in range(args.processes):
+        cmd = [sys.executable, __file__, "--rounds", str(args.rounds), "--students", args.students,
+               "--batch", ",".join(map(str, args.batch)), "--json", f"/tmp/_bench_inf_{os.getpid()}_{i}.json"]
+        if args.tt_method:
+            cmd += ["--tt-method", args.tt_method]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        res = json.loads(Path(cmd[-1]).read_text())
+        Path(cmd[-1]).unlink()
+        out.append(res)
+        med = {r["batch"]: {n: round(v["median_ms"], 3) for n, v in r["timing"].items()}
+               for r in res["results"]}
+        print(f"process {i}: {med}", flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--batch", type=lambda s: [int(v) for v in s.split(",")], default=[1, 256])
+    ap.add_argument("--rounds", type=int, default=200, help="interleaved calls per model and batch")
+    ap.add_argument("--students", default="mps,tt", help="comma list of mps,tt")
+    ap.add_argument("--mps-contraction", default=None, help="force tn.mps.contract's method")
+    ap.add_argument("--tt-method", default=None, help="force tn.tt.tt_matvec's method")
+    ap.add_argument("--processes", type=int, default=0,
+                    help="also repeat the timing in this many fresh processes")
+    ap.add_argument("--json", default="bench_results/bench_inference.json")
+    args = ap.parse_args(argv)
+    env = {"jax_version": jax.__version__, "backend": jax.default_backend(),
+           "cpu_count": os.cpu_count(), "platform": platform.platform(),
+           "load_avg_start": load_avg()}
+    print(f"jax {jax.__version__}, backend {env['backend']}, cpus {env['cpu_count']}, "
+          f"load {env['load_avg_start']}")
+    out = {"benchmark": "inference latency per call, students vs MLP teacher, float32, jitted, "
+           "interleaved", **env, **bench(args)}
+    if args.processes:
+        out["processes"] = across_processes(args)
+    out["load_avg_end"] = load_avg()
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""tn.mps fused scan (tn.mps_sweep) and every method on hard inputs: zero and near-zero
+feature vectors at every site position (values, log-norms, gradients, never NaN), halves of
+unequal length, merged sites, gradients with respect to φ, and the previous autodiff scan."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from distill.tn import mps, mps_sweep
+from distill.tn.feature_maps import trig
+
+from test_mps import random_params, to_f64, uniform
+
+ALL = ["scan", "tree", "chunked", "scan_autodiff"]
+
+
+@functools.cache
+def _loss_grad(method, per_step):
+    def loss(p, phi, y):
+        z, log_norm = mps._contract_impl(p, phi, method=method, sites_per_step=per_step)
+        return optax.softmax_cross_entropy_with_integer_labels(z, y).mean() + 0.01 * jnp.mean(log_norm)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+
+def loss_fn(method, y, sites_per_step=None):
+    """value_and_grad wrt (cores, φ) of a cross-entropy + log-norm loss; compiled once."""
+    f = _loss_grad(method, sites_per_step)
+    return lambda p, phi: f(p, phi, y)
+
+
+def assert_tree_close(a, b, rtol, atol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def test_known_nan_case_tree_and_chunked_give_finite_equal_gradients():
+    """The reported bug: a zero φ at an inner site made tree/chunked gradients NaN."""
+    p = mps.init_mps(jax.random.key(0), 3, 2, 1, 1, output_site=1, init_std=0.5)
+    phi = jnp.array([[[0.5, 0.5], [0.0, 0.0], [0.5, 0.5]], [[0.5, 0.5], [0.3, 0.7], [0.5, 0.5]]])
+
+    def grads(method):
+        def f(p):
+            z, log_norm = mps.contract(p, phi, method=method)
+            return jnp.sum(z) + jnp.sum(log_norm)
+
+        return jax.grad(f)(p)
+
+    ref = grads("scan")
+    for method in ("tree", "chunked", "scan_autodiff"):
+        g = grads(method) if method != "scan_autodiff" else jax.grad(
+            lambda p: jnp.sum(sum(mps._contract_impl(p, phi, method=method)[i].sum() for i in (0, 1)))
+        )(p)
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(g)), method
+        assert_tree_close(g, ref, 1e-5, 1e-6)
+    # the zero sample contributes nothing to the gradient of `right`; the other sample does
+    assert float(jnp.abs(ref.right).sum()) > 0
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-20])
+def test_zero_and_tiny_features_at_every_site_agree_across_methods(scale):
+    """φ = scale·φ at one site of sample 0, for each site position in turn (both edges, both
+    halves, next to the output core): all methods give the same z, log-norm and gradients,
+    finite; a zero sample has z = 0, a tiny one the value of the unscaled sample times scale."""
+    n, d, chi, m, k = 7, 2, 3, 2, 3
+    with jax.enable_x64(True):
+        params = random_params(1, n, d, chi, m, k, dtype=jnp.float64)
+        base = trig(uniform(2, (3, n), jnp.float64), d)
+        y = jnp.array([0, 1, 1])
+        for site in range(n):
+            phi = base.at[0, site].multiply(scale)
+            ref_z, ref_log = mps._contract_impl(params, phi, method="scan_autodiff")
+            ref_g = loss_fn("scan_autodiff", y)(params, phi)
+            for method in ALL:
+                z, log_norm = mps._contract_impl(params, phi, method=method)
+                np.testing.assert_allclose(z, ref_z, rtol=1e-9, atol=1e-12)
+                np.testing.assert_allclose(log_norm, ref_log, rtol=1e-9, atol=1e-9)
+                val, g = loss_fn(method, y)(params, phi)
+                assert np.isfinite(float(val))
+                assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(g)), (method, site)
+                assert_tree_close(g, ref_g[1], 1e-7, 1e-9)
+            a = np.asarray(ref_z * jnp.exp(ref_log)[:, None])
+            dense = np.asarray(mps.contract_dense(params, phi))
+            np.testing.assert_allclose(a, dense, rtol=1e-9, atol=1e-300)
+            if scale == 0:
+                assert np.all(np.asarray(ref_z[0]) == 0)
+
+
+def test_tiny_features_float32_keep_the_value():
+    """float32: φ = 1e-20·φ̂ at one site (|u|² would underflow) keeps z and shifts log_norm
+    by log 1e-20, for every method."""
+    n, d, chi, m = 12, 2, 4, 3
+    params = random_params(3, n, d, chi, m)
+    phi = trig(uniform(4, (2, n)), d)
+    tiny = phi.at[:, 5].multiply(1e-20)
+    for method in ALL:
+        z0, l0 = mps._contract_impl(params, phi, method=method)
+        z1, l1 = mps._contract_impl(params, tiny, method=method)
+        np.testing.assert_allclose(z1, z0, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(l1 - l0, np.log(1e-20), rtol=1e-5)
+
+
+# (n, d, chi, m, k): equal halves, odd/even remainders for two sites per step, unequal
+# halves padded with identity sites, a far-off output core (the excess swept alone), and an
+# empty half.
+CASES = [(12, 2, 3, 2, 6, 2), (11, 3, 2, 3, 5, 1), (11, 3, 2, 3, 5, 2), (13, 2, 4, 2, 6, 3),
+         (20, 2, 3, 2, 3, 2), (9, 2, 3, 2, 8, 2), (9, 2, 3, 2, 1, 1)]
+
+
+@pytest.mark.parametrize("n, d, chi, m, k, per_step", CASES)
+def test_fused_scan_matches_autodiff_scan_float64(n, d, chi, m, k, per_step):
+    with jax.enable_x64(True):
+        params = random_params(n + 7 * per_step, n, d, chi, m, k, dtype=jnp.float64)
+        phi = trig(uniform(5, (4, n), jnp.float64), d)
+        y = jnp.array([0, 1, 1, 0]) % m
+        ref = loss_fn("scan_autodiff", y)(params, phi)
+        got = loss_fn("scan", y, sites_per_step=per_step)(params, phi)
+        np.testing.assert_allclose(got[0], ref[0], rtol=1e-12)
+        assert_tree_close(got[1], ref[1], 1e-9, 1e-12)  # cores and φ
+        if n <= 10:
+            z, log_norm = mps._contract_impl(params, phi, method="scan", sites_per_step=per_step)
+            dense = np.asarray(mps.contract_dense(params, phi))
+            np.testing.assert_allclose(z * jnp.exp(log_norm)[:, None], dense, rtol=1e-10,
+                                       atol=1e-12 * np.abs(dense).max())
+
+
+def test_sweep_gradients_match_finite_differences_and_autodiff():
+    """mps_sweep.sweep's hand-written backward pass against autodiff of the same forward
+    (sweep_forward) for all three inputs, including a zero step and a non-zero log cotangent."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        g, s, chi, dd, b = 2, 5, 3, 2, 4
+        v0 = rng.standard_normal((g, chi, b))
+        v0 = jnp.asarray(v0 / np.linalg.norm(v0, axis=1, keepdims=True))
+        w = jnp.asarray(rng.standard_normal((s, g, chi, dd * chi)))
+        phi = jnp.asarray(rng.uniform(size=(s, g, dd, b))).at[2, 1, :, 3].set(0.0)
+        cv = jnp.asarray(rng.standard_normal((g, chi, b)))
+        cl = jnp.asarray(rng.standard_normal((g, b)))
+
+        def f(fn):
+            return lambda v0, w, phi: jnp.sum(fn(v0, w, phi)[0] * cv) + jnp.sum(fn(v0, w, phi)[1] * cl)
+
+        ours = jax.grad(f(lambda *a: mps_sweep.sweep(*a, 1)), argnums=(0, 1, 2))(v0, w, phi)
+        ref = jax.grad(f(lambda *a: mps_sweep.sweep_forward(*a, 1)), argnums=(0, 1, 2))(v0, w, phi)
+        assert_tree_close(ours, ref, 1e-10, 1e-12)
+        np.testing.assert_allclose(ours[2][2, 1, :, 3], 0.0)  # the zero step: zero gradient
+
+
+def test_merge_sites_and_features_are_the_two_site_products():
+    rng = np.random.default_rng(1)
+    cores = jnp.asarray(rng.standard_normal((4, 3, 2, 2)))
+    phi = jnp.asarray(rng.standard_normal((5, 4, 3)))
+    mc, mf = mps_sweep.merge_sites(cores, 2), mps_sweep.merge_features(phi, 2)
+    assert mc.shape == (2, 9, 2, 2) and mf.shape == (5, 2, 9)
+    m_site = jnp.einsum("bsp,spio->bsio", phi, cores)
+    two = jnp.einsum("bio,boj->bij", m_site[:, 2], m_site[:, 3])
+    np.testing.assert_allclose(jnp.einsum("bp,pio->bio", mf[:, 1], mc[1]), two, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["scan", "tree"])
+def test_long_chain_float32_is_stable_and_accurate(method):
+    """4096 sites at χ 128 (scan) and χ 32 (tree): finite, and equal to float64."""
+    n, d = 4096, 2
+    chi, batch = (128, 2) if method == "scan" else (32, 2)
+    params = mps.init_mps(jax.random.key(5), n, d, chi, 4, init_std=0.05)
+    x = uniform(6, (batch, n))
+    z32, log32 = mps.contract(params, trig(x, d), method=method)
+    assert bool(jnp.all(jnp.isfinite(z32))) and bool(jnp.all(jnp.isfinite(log32)))
+    with jax.enable_x64(True):
+        z64, log64 = mps.contract(to_f64(params), trig(to_f64(x), d), method="scan")
+    rel = np.linalg.norm(np.asarray(z32) - np.asarray(z64)) / np.linalg.norm(np.asarray(z64))
+    assert rel < 1e-3, rel
+    np.testing.assert_allclose(np.asarray(log32), np.asarray(log64), rtol=1e-4)
+
+
+def test_auto_rule_picks_tree_for_tiny_batches_on_cpu():
+    assert mps.choose_method(196, 2, 20, 1, backend="cpu") == "tree"
+    assert mps.choose_method(196, 2, 20, 256, backend="cpu") == "scan"
+    assert mps.choose_method(784, 3, 10, 500, backend="cpu") == "scan"
+
+
+@pytest.mark.parametrize("batch, method", [(1, None), (256, None), (3, "scan"), (3, "chunked")])
+def test_planned_contraction_equals_contract(batch, method):
+    """A precomputed ContractionPlan gives contract's values, for the methods it picks."""
+    n, d, chi, m = 23, 2, 5, 3
+    params = random_params(8, n, d, chi, m)
+    phi = trig(uniform(9, (batch, n)), d)
+    plan = mps.plan_contraction(params, batch, method=method)
+    assert plan.method == (method or mps.choose_method(n, d, chi, batch))
+    z, log_norm = mps.contract_planned(plan, phi)
+    z_ref, log_ref = mps.contract(params, phi, method="scan")
+    np.testing.assert_allclose(z, z_ref, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(log_norm, log_ref, rtol=2e-5, atol=2e-5)
