@@ -23,7 +23,7 @@ from distill.train.checkpoint import RunInterrupted
 TINY = {
     "name": "tiny_sweep",
     "data": {"name": "digits"},
-    "teacher": {"arch": "cnn", "conv_channels": [2, 4], "hidden": [16], "epochs": 2, "batch_size": 128},
+    "teacher": {"arch": "cnn", "conv_channels": [2, 4], "hidden": [16], "epochs": 6, "batch_size": 64, "lr": 0.01},
     "student": {"family": "tucker", "replace": "all"},
     "distill": {"epochs": 1, "batch_size": 128, "lr": 0.003},
     "sweep": {"families": [{"family": "tucker"}], "compression": [1.5], "seeds": [0, 1]},
