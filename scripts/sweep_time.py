@@ -63,7 +63,7 @@ def main() -> None:
     scale = len(full.y_train) / len(data.y_train)
     entries = sw.parse_entries(cfg)
     shape = checks.shape_only_teacher(cfg, data.image_shape, data.num_classes)
-    levels, points = sw.plan_points(cfg, entries, shape)
+    _, points = sw.plan_points(cfg, entries, shape)
     teacher = Network(teacher_spec(cfg.teacher, data.image_shape, data.num_classes), rngs=nnx.Rngs(0))
     t_logits = {s: teachers.frozen_logits(teacher, getattr(data, f"x_{s}")) for s in ("train", "val", "test")}
     xs = student_inputs(entries[0].config(cfg, None), data)
@@ -85,8 +85,9 @@ def main() -> None:
         # others can carry one-time costs or the load of other work
         epoch_s = list(result.curves.values())[-1]["epoch_s"]
         steady = float(min(epoch_s[1:]))
-        small_val = _timed(lambda: train.predict(result.student, data.x_val))
-        full_val = _timed(lambda: train.predict(result.student, full.x_val))
+        student = result.student
+        small_val = _timed(lambda s=student: train.predict(s, data.x_val))
+        full_val = _timed(lambda s=student: train.predict(s, full.x_val))
         epoch = max(steady - small_val, 0.0) * scale + full_val
         setup = max(wall - sum(epoch_s), 0.0) + max(epoch_s[0] - steady, 0.0)
         total += seeds * (setup + epochs * epoch) * len(mine)

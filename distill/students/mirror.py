@@ -206,7 +206,7 @@ class MirrorStudent(Network):
         self.family = family
         self.replaced = tuple(layers)
 
-    def layer_fits(self, target: str, tl: "TeacherLayers") -> list["LayerFit"]:
+    def layer_fits(self, target: str, tl: TeacherLayers) -> list[LayerFit]:
         """One layer-wise fit per replaced hidden dense layer: the layer (through the teacher's
         activation for target `post`) with the teacher's inputs and targets of every split.
         Replaced convolutions have none (their activation maps over a whole split are too large
@@ -229,7 +229,7 @@ class LayerFit:
     module: nnx.Module
     target_name: str
     source: str
-    tl: "TeacherLayers"
+    tl: TeacherLayers
 
     def inputs(self, split: str) -> np.ndarray:
         return self.tl.acts[split][self.source]
