@@ -25,6 +25,9 @@ Distil a trained, frozen teacher network into a tensor-network student.
                                     teacher's activations, then fine-tune end to end
   distill compare-maps configs/compare_maps_digits.yaml
                                     the same student with several feature maps, over seeds
+  distill sweep configs/sweep_digits.yaml
+                                    student families × sizes × seeds from one teacher, with the
+                                    dense and low-rank baselines: table, Pareto front, statistics
   distill check-map fourier --param order=2
                                     is a feature map valid (independent components/derivatives)?
   distill import-teacher model.onnx --data fashion_mnist --out runs/my-teacher
@@ -88,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p_cmp, "experiment YAML with a compare section, e.g. configs/compare_maps_digits.yaml")
     p_cmp.add_argument("--resume", metavar="DIR", help="continue the comparison whose --out was DIR after it was "
                        "stopped or killed; finished (map, seed) runs are not repeated")
+    p_sweep = sub.add_parser(
+        "sweep", help="student families × sizes × seeds from one teacher, with the baselines",
+        description="Train (or load) one teacher, then distil every point of sweep.families — a mirror family at "
+                    "one size (sweep.families[i].sizes, or the size matched to each budget level of "
+                    "sweep.compression) — for every seed in sweep.seeds, all as the distill section says; the "
+                    "baselines dense and lowrank are always included at every budget level. Writes results.csv "
+                    "(one row per run), results.json, report.md (accuracy with 95 % t-intervals, compression, "
+                    "latency, lossless flags, Holm-corrected Welch tests against the baselines) and pareto.png.")
+    _common(p_sweep, "experiment YAML with a sweep section, e.g. configs/sweep_digits.yaml")
+    p_sweep.add_argument("--resume", metavar="DIR", help="continue the sweep whose --out was DIR after it was "
+                         "stopped or killed; finished (point, seed) runs are read back, not repeated")
     p_imp = sub.add_parser(
         "import-teacher", help="bring a network trained elsewhere in as a teacher checkpoint",
         description="Read a trained network — a PyTorch nn.Sequential state_dict (.safetensors or .npz, with --arch "
@@ -236,6 +250,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _use(args)
     if args.command == "analyze":
         return _analyze(args)
+    if args.command == "sweep":
+        return _sweep(args)
     if args.command in ("run", "teacher", "compare-maps"):  # a multi-host run, if flags or DISTILL_* say so
         from distill.train.sharding import initialize_distributed
 
@@ -293,6 +309,41 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"\nteacher test accuracy {100 * results['teacher']['accuracy']:.2f} %, "
               f"{results['teacher']['params']:,} parameters")
         print(f"reuse it with: --set teacher.checkpoint={folder / 'teacher'}")
+    print(f"\nrun folder: {folder}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """`distill sweep CONFIG` and `distill sweep --resume DIR` (one process: its runs are small and
+    many; a multi-host run is refused)."""
+    from distill.config import load_config
+
+    if args.coordinator or args.num_processes is not None or args.process_id is not None or any(
+            os.environ.get(k) for k in ("DISTILL_COORDINATOR", "DISTILL_NUM_PROCESSES", "DISTILL_PROCESS_ID")):
+        raise DistillError("distill sweep runs in one process (its runs are many and small); drop --coordinator / "
+                           "--num-processes / --process-id and the DISTILL_* variables (runtime.devices still spreads "
+                           "each run over this host's devices)")
+
+    if args.resume is not None:
+        if args.config is not None or args.overrides or args.out is not None:
+            raise DistillError("--resume continues a sweep with the config it recorded; give no CONFIG, --set or --out")
+        from distill.experiments.folder import RunFolder
+
+        cfg, out, resume = load_config(RunFolder.staged_config(args.resume)), args.resume, True
+    else:
+        cfg, resume = _load(args), False
+        out = None
+    from distill.experiments import sweep as sweep_lib
+    from distill.experiments.folder import default_run_dir
+    from distill.train.checkpoint import RunInterrupted
+
+    out = out if out is not None else (args.out if args.out is not None else str(default_run_dir(cfg.name, "-sweep")))
+    try:
+        folder, results = sweep_lib.sweep(cfg, out, progress=not args.quiet, resume=resume)
+    except RunInterrupted as err:
+        return _interrupted(err, out, command="sweep")
+    print(f"\n{cfg.name}: families × sizes over seeds {list(cfg.sweep.seeds)} (test split)\n")
+    print(sweep_lib.console_table(results))
     print(f"\nrun folder: {folder}")
     return 0
 

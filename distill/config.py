@@ -256,6 +256,27 @@ class CompareConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    """`distill sweep`: student families × sizes × seeds, all distilled the same way (the distill
+    section) from one teacher; the baselines `dense` and `lowrank` are always included, matched to
+    the budget levels (`distill.experiments.sweep`).
+
+    families: entries {family: NAME, sizes: [...] (values of the family's size knob; omit them to
+    match the budget levels), label: ..., any option of that family}; options not given come from
+    the student section. compression: the budget levels as whole-network compression ratios
+    (teacher parameters / student parameters); empty: the parameter counts of the first entry's
+    sizes. max_size: the largest size budget matching tries.
+    """
+
+    families: tuple[dict, ...] = ()
+    compression: tuple[float, ...] = field(default=(), metadata=check(
+        "a list of numbers > 0", lambda v: all(c > 0 for c in v)))
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata=check(
+        "a non-empty list of integers ≥ 0", lambda v: len(v) > 0 and all(s >= 0 for s in v)))
+    max_size: int = field(default=1024, metadata=at_least(1))
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     """How a run executes: checkpoints for resuming, devices for data parallelism."""
 
@@ -278,6 +299,7 @@ class Config:
     distill: DistillConfig = DistillConfig()
     augment: AugmentConfig = AugmentConfig()
     compare: CompareConfig = CompareConfig()
+    sweep: SweepConfig = SweepConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
 

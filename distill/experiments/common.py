@@ -18,7 +18,8 @@ from distill.data.augment import Augment
 from distill.data.orderings import DATA_ORDERINGS
 from distill.errors import DistillError
 from distill.nn import param_count
-from distill.students.mirror import build_mirror, layer_params, teacher_layers
+from distill.students.mirror import build_mirror, conv_fits, conv_layers, layer_params, replaced_layers, \
+    teacher_layers
 from distill.teachers.network import Network, cnn_spec, lenet5_spec, mlp_spec
 from distill.train.checkpoint import Checkpointing
 from distill.train.step import Feed
@@ -192,9 +193,15 @@ def describe_student(cfg: Config, xs: StudentInputs, teacher) -> str:
     s = cfg.student
     what = students.family(s.family).describe(s.options)
     if students.is_mirror(s.family):
-        widths = "-".join(str(layer["out_features"]) for layer in teacher.spec["layers"]
-                          if layer["type"] == "dense" and layer["name"] != "logits")
-        return f"the teacher with its hidden dense layers ({widths}) replaced by {what}"
+        dense, convs = replaced_layers(s.family, s.options, teacher.spec)
+        parts = []
+        if dense:
+            parts.append(f"hidden dense layers ({'-'.join(str(h.n_out) for h in dense)})")
+        if convs:
+            parts.append(f"convolutions ({', '.join(c.name for c in convs)})")
+        kept = [c.name for c in conv_layers(teacher.spec) if c not in convs]
+        note = f"; {', '.join(kept)} kept from the teacher" if kept and convs else ""
+        return f"the teacher with its {' and '.join(parts)} replaced by {what}{note}"
     h, w = xs.image_shape
     return f"{what} over {xs.n_sites} sites ({h}×{w} pixels, {cfg.data.ordering} order)"
 
@@ -263,11 +270,17 @@ def distil(cfg: Config, data: Dataset, xs: StudentInputs, teacher, t_logits: dic
     rows = None
     if mirror:
         rows = layer_params(student, teacher)
-        for i, (row, fid) in enumerate(zip(rows, layer_fidelity(student, tl(), cfg.distill.layer_target))):
+        dense_rows = [r for r in rows if r["kind"] == "dense"]
+        fids = dict(zip((r["layer"] for r in dense_rows),
+                        layer_fidelity(student, tl(), cfg.distill.layer_target) if dense_rows else []))
+        fids.update(conv_fidelity(student, teacher, xs.x["test"], cfg.distill.layer_target))
+        after = dict(zip((r["layer"] for r in dense_rows), after_layerwise or []))
+        for row in rows:
+            fid = dict(fids[row["layer"]])
             target = fid.pop("target")
             row.update(target=target, **fid, history=layer_hists.get(target))
-            if after_layerwise is not None:  # before fine-tuning moved the layers away from the teacher's
-                row.update({f"{k}_after_layerwise": v for k, v in after_layerwise[i].items() if k != "target"})
+            if row["layer"] in after:  # before fine-tuning moved the layers away from the teacher's
+                row.update({f"{k}_after_layerwise": v for k, v in after[row["layer"]].items() if k != "target"})
     return Distilled(student, curves, stages, rows)
 
 
@@ -277,6 +290,29 @@ def augmentation(cfg: Config, data: Dataset) -> Augment | None:
     if not a.active:
         return None
     return Augment(tuple(data.image_shape), translate=a.translate, flip=a.flip, mixup=a.mixup, cutmix=a.cutmix)
+
+
+#: Test images on which a replaced convolution's fidelity is measured (its activation maps are
+#: large: 14·14·64 floats per image for the Fashion CNN's second conv).
+CONV_FIDELITY_IMAGES = 512
+
+
+def conv_fidelity(student, teacher, x_test: np.ndarray, target: str) -> dict[str, dict]:
+    """{layer: {target, relative_error, r2}} per replaced conv layer of a mirror student, on the
+    first CONV_FIDELITY_IMAGES test images, each layer fed the teacher's own input to it."""
+    x = x_test[:CONV_FIDELITY_IMAGES]
+    fits = conv_fits(student, teacher, target)
+    if not fits:
+        return {}
+    names = tuple(dict.fromkeys(n for f in fits for n in (f.source, f.target_name) if n is not None))
+    acts = teachers.frozen_activations(teacher, x, names)
+    out = {}
+    for fit in fits:
+        pred = train.predict(fit.module, x if fit.source is None else acts[fit.source], batch_size=128)
+        want = acts[fit.target_name]
+        out[fit.name] = {"target": fit.target_name, "relative_error": train.relative_error(pred, want),
+                         "r2": train.r2_score(pred, want)}
+    return out
 
 
 def layer_fidelity(student, tl, target: str) -> list[dict]:

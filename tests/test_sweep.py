@@ -1,0 +1,173 @@
+"""`distill sweep` on a tiny digits CNN: points, baselines at matched budgets, statistics, resume,
+one-line config errors."""
+
+import csv
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from distill.analysis.statistics import holm, t_interval
+from distill.cli import main
+from distill.config import from_dict
+from distill.errors import DistillError
+from distill.experiments import checks
+from distill.experiments import sweep as sw
+from distill.experiments.common import load_data
+from distill.nn import param_count
+from distill.students.mirror import build_mirror
+from distill.train.checkpoint import RunInterrupted
+
+TINY = {
+    "name": "tiny_sweep",
+    "data": {"name": "digits"},
+    "teacher": {"arch": "cnn", "conv_channels": [2, 4], "hidden": [16], "epochs": 6, "batch_size": 64, "lr": 0.01},
+    "student": {"family": "tucker", "replace": "all"},
+    "distill": {"epochs": 1, "batch_size": 128, "lr": 0.003},
+    "sweep": {"families": [{"family": "tucker"}], "compression": [1.5], "seeds": [0, 1]},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """The tiny sweep stopped after its first two runs (as SIGTERM would), then resumed."""
+    cfg = from_dict(TINY)
+    out = tmp_path_factory.mktemp("sweep") / "run"
+    calls = []
+    real = sw._one_run
+
+    def stopping(point, *args, **kw):
+        if len(calls) == 2:
+            raise RunInterrupted("SIGTERM")
+        calls.append(point.name)
+        return real(point, *args, **kw)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sw, "_one_run", stopping)
+    with pytest.raises(RunInterrupted):
+        sw.sweep(cfg, out, progress=False)
+    mp.undo()
+    finished = sorted(p.name for p in out.parent.glob(".run.partial-*/points/*.json"))
+    # as if the stopped process had exited: the staging folder of a dead PID is what --resume takes over
+    (staging,) = out.parent.glob(".run.partial-*")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    staging.rename(staging.with_name(f".run.partial-{dead.pid}"))
+    resumed = []
+
+    def counting(point, *args, **kw):
+        resumed.append(point.name)
+        return real(point, *args, **kw)
+
+    mp.setattr(sw, "_one_run", counting)
+    folder, results = sw.sweep(cfg, out, progress=False, resume=True)
+    mp.undo()
+    return cfg, folder, results, calls, finished, resumed
+
+
+def test_folder_points_and_matched_baselines(tiny_sweep):
+    cfg, folder, results, *_ = tiny_sweep
+    for name in ("config.yaml", "results.json", "results.csv", "report.md", "pareto.png", "teacher", "points"):
+        assert (folder / name).exists(), name
+    assert (folder / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(folder.parent.glob(".*partial*")) and not (folder / "checkpoints").exists()
+    assert [p["label"] for p in results["points"]] == ["tucker", "dense", "lowrank"]  # baselines always added
+    level = results["levels"][0]
+    assert level["target_params"] == round(results["teacher"]["params"] / 1.5)
+    data = load_data(cfg)
+    teacher = checks.shape_only_teacher(cfg, data.image_shape, data.num_classes)
+    rows = list(csv.DictReader((folder / "results.csv").open()))
+    assert len(rows) == 3 * 2
+    for p in results["points"]:
+        assert p["levels"] == ["1.5×"] and abs(p["budget_gap"]["1.5×"]) <= sw.BUDGET_TOLERANCE
+        entry = sw.Entry(p["label"], p["family"], {}, None, p["baseline"])
+        built = nnx.eval_shape(lambda e=entry, p=p: build_mirror(
+            e.family, e.config(cfg, p["size"]).student.options, teacher, seed=0, warm_start=False))
+        assert p["params"] == param_count(built) == p["runs"][0]["params"]
+        assert [r["seed"] for r in p["runs"]] == [0, 1]
+        assert p["replaced_compression"] == pytest.approx(p["replaced_teacher_params"] / p["replaced_params"])
+    tucker = results["points"][0]
+    assert [row["layer"] for row in tucker["runs"][0]["layers"]] == ["conv_1", "hidden_0"]  # conv replaced
+    assert all(np.isfinite(row["r2"]) for row in tucker["runs"][0]["layers"])
+    assert {r["label"] for r in rows} == {"tucker", "dense", "lowrank"}
+
+
+def test_statistics_are_those_of_the_seeds(tiny_sweep):
+    _, folder, results, *_ = tiny_sweep
+    stored = json.loads((folder / "results.json").read_text())
+    t_acc = results["teacher"]["accuracy"]
+    for p in stored["points"]:
+        acc = [r["accuracy"] for r in p["runs"]]
+        iv = t_interval(acc)
+        assert (p["accuracy"]["mean"], p["accuracy"]["low"], p["accuracy"]["high"]) == pytest.approx(
+            (iv.mean, iv.low, iv.high))
+        assert p["drop_pts"]["mean"] == pytest.approx(100 * (t_acc - np.mean(acc)))
+        assert p["lossless"] == (p["drop_pts"]["mean"] <= 1.0)
+    comps = stored["comparisons"]
+    assert [(c["a"], c["b"].split()[0]) for c in comps] == [(f"tucker rank={stored['points'][0]['size']}", "dense"),
+                                                             (f"tucker rank={stored['points'][0]['size']}", "lowrank")]
+    assert [c["p_holm"] for c in comps] == pytest.approx(holm([c["p"] for c in comps]))
+    report = (folder / "report.md").read_text()
+    assert "Holm" in report and "Student t-interval" in report and "± 0.00" not in report
+    assert "lossless" in report and "Where each family stands" in report
+
+
+def test_resume_does_not_repeat_finished_runs(tiny_sweep):
+    _, _, results, calls, finished, resumed = tiny_sweep
+    assert len(calls) == 2 and len(finished) == 2
+    assert len(resumed) == 3 * 2 - 2  # the two finished runs were read back
+    assert sum(len(p["runs"]) for p in results["points"]) == 6
+
+
+def test_pareto_front():
+    def row(params, mean):
+        return {"params": params, "accuracy": {"mean": mean}}
+
+    rows = [row(100, 0.80), row(50, 0.70), row(200, 0.79), row(300, 0.90), row(50, 0.75), row(10, None)]
+    assert sw.pareto_front(rows) == [4, 0, 3]  # the 50-parameter 0.70 and the 200-parameter 0.79 are beaten
+
+
+@pytest.mark.parametrize("sweep_section,match", [
+    ({"families": []}, "sweep.families is empty"),
+    ({"families": [{"family": "mps"}], "compression": [2]}, r"sweep.families\[0\].family = 'mps' maps pixels"),
+    ({"families": [{"family": "cp", "ranks": 3}], "compression": [2]}, r"unknown key 'sweep.families\[0\].ranks'.*"
+                                                                       r"did you mean 'sweep.families\[0\].rank'"),
+    ({"families": [{"family": "cp", "rank": 3}], "compression": [2]}, r"sweep.families\[0\].rank: the size knob"),
+    ({"families": [{"family": "lowrank", "sizes": [2]}], "compression": [2]}, "baseline lowrank is always matched"),
+    ({"families": [{"family": "cp"}]}, "sweep.compression is empty and sweep.families\\[0\\] has no sizes"),
+    ({"families": [{"family": "tr", "sizes": [0]}]}, r"sweep.families\[0\].sizes = \[0\] is not allowed"),
+    ({"families": [{"family": "cp", "cp_iters": 0}], "compression": [2]},
+     r"sweep.families\[0\].cp_iters = 0 is not allowed: must be an integer ≥ 1"),
+    ({"families": [{"family": "cp"}, {"family": "cp", "sizes": [2]}], "compression": [2]}, "give one of them a"),
+])
+def test_config_mistakes_are_one_line_errors(sweep_section, match):
+    with pytest.raises(DistillError, match=match) as err:
+        sw.parse_entries(from_dict({"sweep": sweep_section}))
+    assert "\n" not in str(err.value)
+
+
+def test_cli_refuses_a_config_without_a_sweep(capsys, tmp_path):
+    assert main(["sweep", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("distill: error: config: sweep.families is empty") and "\n" not in err
+    assert main(["sweep", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "no interrupted run" in capsys.readouterr().err
+
+
+def test_one_seed_says_no_spread_can_be_given():
+    point = {"label": "cp", "family": "cp", "baseline": False, "knob": "rank", "size": 4, "params": 100,
+             "compression": 10.0, "replaced_compression": 12.0, "n_ok": 1, "n_failed": 0,
+             "accuracy": t_interval([0.9]).as_dict(), "agreement": t_interval([0.95]).as_dict(),
+             "kl": t_interval([0.1]).as_dict(), "drop_pts": t_interval([0.5]).as_dict(), "lossless": True,
+             "latency_ms": {"1": 0.1, "256": 1.0}, "on_front": True, "runs": [{"seed": 0, "accuracy": 0.9}],
+             "levels": [], "budget_gap": {}}
+    results = {"name": "x", "dataset": {"name": "digits", "n_train": 1, "n_val": 1, "n_test": 1},
+               "teacher": {"accuracy": 0.905, "params": 1000, "architecture": "dense", "source": "here",
+                           "latency_ms": {"1": 0.1, "256": 1.0}},
+               "distill": {"phases": ["end_to_end"], "epochs": 1}, "seeds": [0], "levels": [],
+               "statistics": {"interval": "t", "test": "Welch", "correction": "Holm", "lossless": "≤ 1 pt",
+                              "budget_tolerance": 0.1}, "points": [point], "comparisons": [], "wall_time_s": 1.0}
+    text = sw.markdown_report(results, "name: x\n")
+    assert "no spread can be given" in text and "± 0.00" not in text and "| 90.00 |" in text
