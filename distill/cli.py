@@ -37,7 +37,7 @@ Distil a trained, frozen teacher network into a tensor-network student.
                                     use a trained student
   distill run --resume RUN          continue a run that was stopped (SIGTERM, Ctrl-C) or killed
   distill analyze RUN               entanglement per bond, accuracy after truncation, the teacher's
-                                    weights as TT-matrices (seed 001): RUN/analysis
+                                    weights as TT-matrices: RUN/analysis
 
 Each run writes one folder: config.yaml (the resolved config), results.json, report.md,
 training_curves.png and the teacher/ and student/ checkpoints.

@@ -218,7 +218,8 @@ def test_gradient_not_vanishing_at_init_and_adam_learns():
     @jax.jit
     def step(p, s):
         loss, g = jax.value_and_grad(ce_loss)(p, x, y, d)
-        upd, s = opt.update(g, s, p)
+        with jax.numpy_dtype_promotion("standard"):  # optax's Adam: a float raised to an int32 count
+            upd, s = opt.update(g, s, p)
         return optax.apply_updates(p, upd), s, loss
 
     for _ in range(20):

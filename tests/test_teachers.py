@@ -355,7 +355,7 @@ class _Student(nnx.Module):
     def __call__(self, x):
         for b in self.blocks:
             x = b(x)
-        return x * self.scale[...]
+        return x * self.scale[...][None]
 
 
 def test_save_load_state_roundtrip(tmp_path):

@@ -123,13 +123,14 @@ class MapSpec:
         return dataclasses.replace(run, seed=seed)
 
     def student(self, cfg: Config, image_shape: tuple[int, int], n_out: int, bond_dim: int, *, seed: int) -> MPS:
-        """This map's MPS student (family mps): one MPS over the image's pixels."""
-        from distill.data import site_order
-
+        """This map's MPS student (family mps) over the image's pixels, as a probe: its parameter count
+        and map. The site order is the identity here (data-driven orderings need the training pixels);
+        the trained students get theirs from `common.student_site_order`."""
         run = self.config(cfg, bond_dim, seed=seed)
-        return students.family("mps").build(run.student.options, n_sites=image_shape[0] * image_shape[1],
-                                            image_shape=image_shape, n_classes=n_out,
-                                            site_order=site_order(image_shape, cfg.data.ordering), seed=seed)
+        n_sites = image_shape[0] * image_shape[1]
+        return students.family("mps").build(run.student.options, n_sites=n_sites, image_shape=image_shape,
+                                            n_classes=n_out, site_order=np.arange(n_sites, dtype=np.int32),
+                                            seed=seed)
 
     def identity(self, cfg: Config) -> tuple:
         """What the map computes, however it was spelled: the resolved map and its parameters

@@ -410,7 +410,7 @@ class MPSHidden(nnx.Module):
 
     def features(self, x: Array) -> Array:
         """x (B, n_in) → φ(x̃) (B, n_in, d) in site order, x̃ the clipped, scaled input."""
-        x = (x.astype(self.dtype) - self.input_offset[...]) / self.input_scale[...]
+        x = (x.astype(self.dtype) - self.input_offset[...][None]) / self.input_scale[...][None]
         return self.site_features(jnp.clip(x, 0.0, 1.0))
 
     def __call__(self, x: Array) -> Array:
@@ -422,5 +422,5 @@ class MPSHidden(nnx.Module):
         z = _contract(self, self.params, self.features(x))
         if self.readout_rank is not None:
             z = jnp.einsum("bk,ok->bo", z, self.readout[...])
-        y = jnp.exp(self.log_scale[...]) * z + self.bias[...]
+        y = jnp.exp(self.log_scale[...]) * z + self.bias[...][None]
         return _apply_activation(self.activation, y)

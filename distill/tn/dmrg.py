@@ -239,10 +239,10 @@ def truncation_rank(s: Array, max_bond: int, cutoff, min_bond: int = 1) -> Array
     w = s * s
     total = jnp.sum(w)
     tails = jnp.cumsum(w[::-1])[::-1]  # tails[i] = Σ_{i'≥i} s_i'²
-    needed = jnp.maximum(jnp.sum(tails > cutoff * total), min_bond)
+    needed = jnp.maximum(jnp.sum(tails > cutoff * total).astype(jnp.int32), jnp.asarray(min_bond, jnp.int32))
     tol = s[0] * s.shape[0] * jnp.finfo(s.dtype).eps
-    nonzero = jnp.sum(s > tol)
-    return jnp.clip(jnp.minimum(needed, nonzero), 1, max_bond).astype(jnp.int32)
+    nonzero = jnp.sum(s > tol).astype(jnp.int32)
+    return jnp.clip(jnp.minimum(needed, nonzero), 1, jnp.asarray(max_bond, jnp.int32))
 
 
 def split(W: Array, site_side: str, *, max_bond: int, cutoff, min_bond: int = 1) -> tuple[Array, Array, Array, Array]:
@@ -266,9 +266,9 @@ def split(W: Array, site_side: str, *, max_bond: int, cutoff, min_bond: int = 1)
     u, s, vt = jnp.linalg.svd(mat, full_matrices=False)  # K = min(rows, cols) ≥ χ
     rank = truncation_rank(s, max_bond, cutoff, min_bond)
     w = s * s
-    discarded = jnp.sum(jnp.where(jnp.arange(s.shape[0]) >= rank, w, 0.0)) / jnp.sum(w)
-    keep = (jnp.arange(chi) < rank).astype(W.dtype)
-    u, s, vt = u[:, :chi] * keep, s[:chi] * keep, vt[:chi] * keep[:, None]
+    discarded = jnp.sum(jnp.where(jnp.arange(s.shape[0], dtype=jnp.int32) >= rank, w, 0.0)) / jnp.sum(w)
+    keep = (jnp.arange(chi, dtype=jnp.int32) < rank).astype(W.dtype)
+    u, s, vt = u[:, :chi] * keep[None], s[:chi] * keep, vt[:chi] * keep[:, None]
     if site_side == "left":
         site = jnp.einsum("lpa->pla", u.reshape(chi, d, chi))
         out = jnp.einsum("a,aor->aor", s, vt.reshape(chi, m, chi))
@@ -341,7 +341,8 @@ def _local_update(chain, envs, j, phi, g, targets, key, lr, cutoff, o_left, site
         def body(i, carry):
             V, state, total = carry
             value, grad = jax.value_and_grad(minibatch_loss)(V, idxs[i])
-            updates, state = opt.update(grad, state, V)
+            with jax.numpy_dtype_promotion("standard"):  # optax's Adam raises a float to an int32 count
+                updates, state = opt.update(grad, state, V)
             return optax.apply_updates(V, updates), state, total + value
 
         V, _, total = jax.lax.fori_loop(0, steps, body, (V, opt.init(V), jnp.zeros((), W.dtype)))
