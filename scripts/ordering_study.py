@@ -26,20 +26,12 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from distill.analysis.statistics import welch
 from distill.config import ORDERINGS, load_config
 from distill.experiments import run as pipeline
 from distill.io import write_atomic, write_json
 from distill.students.store import load_student
 from distill.tn import canonical
-
-
-def _welch_p(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Two-sided Welch t-test p-value of mean(a) − mean(b) (None with fewer than 2 values a side)."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    from scipy import stats
-
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def main(argv=None) -> int:
@@ -95,7 +87,7 @@ def main(argv=None) -> int:
                       "agreement_mean": float(vals(o, "agreement").mean()), "kl_mean": float(vals(o, "kl").mean()),
                       "mean_entropy": float(vals(o, "mean_entropy").mean()),
                       "diff_vs_row_major_pts": None if ref is None else float(100 * (acc.mean() - ref.mean())),
-                      "p_vs_row_major": None if ref is None or o == "row_major" else _welch_p(acc, ref)})
+                      "p_vs_row_major": None if ref is None or o == "row_major" else welch(acc, ref).p})
     write_json(out / "orderings.json", {"config": args.config, "teacher": str(teacher), "seeds": args.seeds,
                                         "overrides": args.overrides, "table": table, "runs": rows})
     lines = [f"# Site orderings of the MPS student ({args.config})", "",

@@ -53,6 +53,7 @@ from flax import nnx
 from matplotlib.figure import Figure
 
 from distill import report, students, teachers, train
+from distill.analysis.statistics import welch
 from distill.config import Config, dump_yaml, with_student
 from distill.errors import DistillError
 from distill.experiments import checks
@@ -294,25 +295,6 @@ def _sort_key(m: dict) -> float:
     return -mean if mean is not None else float("inf")
 
 
-def _welch_p(a: list[float], b: list[float]) -> float | None:
-    """Two-sided Welch t-test p-value; None when either side has < 2 seeds.
-    Both spreads 0: p = 0 if the means differ, else 1."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    a_, b_ = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    va, vb = a_.var(ddof=1) / a_.size, b_.var(ddof=1) / b_.size
-    diff = a_.mean() - b_.mean()
-    if va + vb == 0:
-        return 0.0 if diff != 0 else 1.0
-    import warnings
-
-    from scipy import stats
-
-    with warnings.catch_warnings():  # nearly identical samples: scipy warns, the p-value stands
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_ind(a_, b_, equal_var=False).pvalue)
-
-
 def _check_variant(cfg: Config) -> None:
     family, phases = cfg.student.family, cfg.distill.phases
     if family not in VARIANT_MODES:
@@ -485,7 +467,7 @@ def _pairs(maps: list[dict]) -> list[dict]:
         acc_a, acc_b = ([r["accuracy"] for r in m["runs"] if "failed" not in r] for m in (a, b))
         if not acc_a or not acc_b:
             continue
-        p = _welch_p(acc_a, acc_b)
+        p = welch(acc_a, acc_b).p if len(acc_a) > 1 and len(acc_b) > 1 else None
         out.append({"a": a["label"], "b": b["label"],
                     "delta_accuracy": float(np.mean(acc_a) - np.mean(acc_b)),
                     "p_value": p, "beyond_seed_spread": None if p is None else bool(p < 0.05)})
