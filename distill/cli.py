@@ -15,7 +15,7 @@ DESCRIPTION = """\
 Distil a trained, frozen teacher network into a tensor-network student.
 
   distill run                       train a small MLP teacher on the bundled 8x8 digits and
-                                    distil it into an MPS student (about a minute on a CPU)
+                                    distil it into an MPS student (under a minute on a laptop CPU)
   distill run configs/fashion_mps.yaml
   distill run CONFIG --set student.bond_dim=16 --set distill.epochs=5 --out runs/chi16
   distill teacher CONFIG            train and save only the teacher; reuse it with

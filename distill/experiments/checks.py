@@ -12,6 +12,7 @@ from distill.config import Config
 from distill.errors import DistillError
 from distill.experiments.common import StudentInputs, build_student, check_phases, teacher_spec
 from distill.teachers.network import Network
+from distill.tn.feature_maps import feature_map_names
 
 __all__ = ["check_config", "check_student", "check_teacher_for_student", "shape_only_teacher"]
 
@@ -109,6 +110,11 @@ def check_student(cfg: Config, image_shape: tuple[int, int], n_classes: int, tea
     sizes and pairing on the real input shape, and that it fits in memory. `teacher` may itself
     be shape-only."""
     check_teacher_for_student(cfg, teacher)
+    name = getattr(cfg.student.options, "feature_map", None)
+    if name is not None and name not in feature_map_names():
+        from distill.nn.features import _unknown_map_error
+
+        raise DistillError(f"student.feature_map: {str(_unknown_map_error(name)).removeprefix('MPS: ')}")
     k = cfg.student.downsample
     h, w = image_shape
     if not students.is_mirror(cfg.student.family):

@@ -107,14 +107,20 @@ def check_teacher_fits(model, meta: dict, data: Dataset, where: str) -> None:
         raise DistillError(f"{where} has {n} outputs but {data.name} has {data.num_classes} classes")
 
 
-def check_teacher_learned(accuracy: float, labels: np.ndarray, teacher: Teacher) -> None:
-    """Raises: DistillError when the teacher's test accuracy is at chance level (within
-    max(5 pt, 3 binomial standard errors) of always predicting the most frequent class): a
-    diverged or mismatched teacher has nothing to teach, and its student would look lossless."""
+def chance_level(accuracy: float, labels: np.ndarray) -> float | None:
+    """The chance accuracy (always the most frequent class of `labels`) when `accuracy` is within
+    max(5 pt, 3 binomial standard errors) of it, else None."""
     n = max(len(labels), 1)
     chance = float(np.bincount(labels).max()) / n
     margin = max(0.05, 3.0 * (chance * (1.0 - chance) / n) ** 0.5)
-    if accuracy < chance + margin:
+    return chance if accuracy < chance + margin else None
+
+
+def check_teacher_learned(accuracy: float, labels: np.ndarray, teacher: Teacher) -> None:
+    """Raises: DistillError when the teacher's test accuracy is at chance level (`chance_level`): a
+    diverged or mismatched teacher has nothing to teach, and its student would look lossless."""
+    chance = chance_level(accuracy, labels)
+    if chance is not None:
         fix = ("lower teacher.lr or train it longer" if teacher.history is not None else
                "check it was trained on this dataset with the same preprocessing")
         raise DistillError(f"the teacher ({teacher.source}) scores {100 * accuracy:.1f} % on the test split, no better "

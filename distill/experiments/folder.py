@@ -45,6 +45,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _nothing_to_resume(final: Path) -> None:
+    """Raises: DistillError saying why `final` cannot be resumed: it is complete, or nothing of it was staged."""
+    if final.is_dir() and (final / "results.json").is_file():
+        raise DistillError(f"{final} is a complete run; there is nothing to resume")
+    raise DistillError(f"no interrupted run of {final} to resume (no staging folder {final.parent}/.{final.name}"
+                       f".partial-<pid> left by a stopped run); start it with `distill run CONFIG --out {final}`")
+
+
 def _partials(final: Path) -> list[tuple[Path, int]]:
     parent = final.parent
     if not parent.is_dir():
@@ -129,10 +137,7 @@ class RunFolder:
         final = Path(final)
         found = _partials(final)
         if not found:
-            if final.is_dir() and (final / "results.json").is_file():
-                raise DistillError(f"{final} is a complete run; there is nothing to resume")
-            raise DistillError(f"no interrupted run of {final} to resume (no folder {final.parent}/.{final.name}"
-                               ".partial-PID); start it with `distill run CONFIG --out " f"{final}`")
+            _nothing_to_resume(final)
         path, pid = max(found, key=lambda t: t[0].stat().st_mtime)
         if _alive(pid):
             raise DistillError(f"the run in {path} is still running (PID {pid}); stop it first (it saves a checkpoint "
@@ -147,8 +152,7 @@ class RunFolder:
         Raises: DistillError if there is no interrupted run of it."""
         found = _partials(Path(final))
         if not found:
-            raise DistillError(f"no interrupted run of {final} to resume (no folder "
-                               f"{Path(final).parent}/.{Path(final).name}.partial-PID)")
+            _nothing_to_resume(Path(final))
         path = max(found, key=lambda t: t[0].stat().st_mtime)[0] / "config.yaml"
         if not path.is_file():
             raise DistillError(f"the interrupted run in {path.parent} has no config.yaml; remove it and start again")

@@ -12,6 +12,7 @@ from distill import teachers, train
 from distill.config import Config, load_config
 from distill.data import downsample, load_dataset
 from distill.errors import DistillError
+from distill.experiments.common import chance_level
 from distill.students.store import PixelStudent, load_student, spec_of
 
 __all__ = ["import_teacher", "evaluate", "predict", "export", "run_config"]
@@ -46,6 +47,11 @@ def import_teacher(source: str | Path, data: str, *, arch: str | Path | None = N
         raise DistillError(f"the imported network has {logits.shape[1]} outputs but {data} has {ds.num_classes} "
                            "classes; import a classifier of this dataset")
     acc = train.losses.accuracy(logits, ds.y_test)
+    chance = chance_level(acc, ds.y_test)
+    if chance is not None:
+        imported.notes.append(f"{100 * acc:.1f} % on {data}'s test split is chance level ({100 * chance:.1f} %): "
+                              "distill run will refuse this teacher; check the dataset and the input "
+                              "preprocessing (the arch file's input: mean, std, layout)")
     meta = {"dataset": ds.name, "downsample": downsample_by, "image_shape": list(ds.image_shape),
             "test_accuracy": acc, "source": f"imported from {source.name} ({imported.format})",
             "notes": imported.notes}
@@ -136,7 +142,8 @@ def predict(run_dir: str | Path, inputs: str | Path, out: str | Path) -> np.ndar
     x = x.astype(np.float32)
     if (not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0):
         raise DistillError(f"{path.name}: pixels must be finite and in [0, 1] (found {np.nanmin(x):g} to "
-                           f"{np.nanmax(x):g}); divide 8-bit images by 255")
+                           f"{np.nanmax(x):g}); divide by the format's maximum (255 for 8-bit images, 16 for scikit-learn's "
+                           "digits)")
     logits = train.predict(student, x)
     out = Path(out).expanduser()
     _save_npy(out, logits)

@@ -142,7 +142,7 @@ def fit(model: nnx.Module, loss: Callable[[jax.Array, dict], jax.Array], x: np.n
             start_epoch, start_batch = loop["epoch"], loop["batch"]
 
     bar = tqdm(total=settings.epochs * steps, initial=start_epoch * steps + start_batch, desc=desc, unit="step",
-               disable=not progress, dynamic_ncols=True, leave=False)
+               disable=None if progress else True, dynamic_ncols=True, leave=False)  # None: off when stderr is no terminal
     try:
         for epoch in range(start_epoch, settings.epochs):
             t0 = time.perf_counter()
