@@ -152,7 +152,7 @@ def test_predict_refuses_bad_inputs(trained, capsys, tmp_path):
     run = tmp_path / "r"
     assert cli.main(["run", *FAST, "--set", "teacher.epochs=2", "--set", "teacher.hidden=[16]", "--out", str(run)]) == 0
     capsys.readouterr()
-    for array, needle in [(np.full((2, 64), 255.0), "divide 8-bit images by 255"), (np.zeros((2, 7)), "(N, 8, 8)"),
+    for array, needle in [(np.full((2, 64), 255.0), "255 for 8-bit images"), (np.zeros((2, 7)), "(N, 8, 8)"),
                           (np.array(["a"]), "pixel values")]:
         np.save(tmp_path / "bad.npy", array)
         assert cli.main(["predict", str(run), str(tmp_path / "bad.npy"), "--out", str(tmp_path / "o.npy")]) == 2
