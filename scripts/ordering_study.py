@@ -47,12 +47,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = list(args.overrides)
-    if args.teacher is None:
-        teacher = out / "teacher-run" / "teacher"
-        if not teacher.is_dir():
-            pipeline.train_teacher(load_config(args.config, base), out / "teacher-run", progress=False)
-    else:
-        teacher = Path(args.teacher)
+    teacher = pipeline.teacher_once(args.config, base, args.teacher, out)
     base.append(f"teacher.checkpoint={teacher}")
     if load_config(args.config, base).student.family != "mps":
         raise SystemExit("ordering_study: the config's student.family must be mps")

@@ -92,7 +92,7 @@ def _closest_chi(target_params: int, n: int, d: int, m: int, chi_max: int) -> in
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
-    p.add_argument("--teacher", help="teacher checkpoint folder (default: train one into OUT/teacher)")
+    p.add_argument("--teacher", help="teacher checkpoint folder (default: train one into OUT/teacher-run)")
     p.add_argument("--budget-s", type=float, required=True, help="training wall time per variant, seconds")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", required=True)
@@ -101,12 +101,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = list(args.overrides)
-    if args.teacher is None:
-        teacher = out / "teacher-run" / "teacher"
-        if not teacher.is_dir():
-            pipeline.train_teacher(load_config(args.config, base), out / "teacher-run", progress=False)
-    else:
-        teacher = Path(args.teacher)
+    teacher = pipeline.teacher_once(args.config, base, args.teacher, out)
     base += [f"teacher.checkpoint={teacher}", "runtime.checkpoint_every=1000000"]  # no checkpoint I/O in the timings
     cfg = load_config(args.config, base)
     if cfg.student.family != "mps":

@@ -213,6 +213,17 @@ def resume(out: str | Path, progress: bool = True) -> tuple[Config, Path, dict]:
     return cfg, final, results
 
 
+def teacher_once(config: str | Path, overrides: list[str], teacher: str | Path | None, out: str | Path) -> Path:
+    """The teacher checkpoint folder a study of many runs shares: `teacher` when given, else one
+    trained from `config` (with `overrides`) into <out>/teacher-run the first time and reused after."""
+    if teacher is not None:
+        return Path(teacher)
+    folder = Path(out) / "teacher-run" / "teacher"
+    if not folder.is_dir():
+        train_teacher(load_config(config, overrides), Path(out) / "teacher-run", progress=False)
+    return folder
+
+
 def train_teacher(cfg: Config, out: str | Path | None = None, progress: bool = True) -> tuple[Path, dict]:
     """Train and save only the teacher: <out>/teacher is the checkpoint for `teacher.checkpoint`."""
     t0 = time.perf_counter()
