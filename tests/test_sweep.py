@@ -171,3 +171,42 @@ def test_one_seed_says_no_spread_can_be_given():
                               "budget_tolerance": 0.1}, "points": [point], "comparisons": [], "wall_time_s": 1.0}
     text = sw.markdown_report(results, "name: x\n")
     assert "no spread can be given" in text and "± 0.00" not in text and "| 90.00 |" in text
+
+
+def _sweep_result(points: dict, teacher_acc: float = 0.9) -> dict:
+    """A minimal results.json with points {(label, size): [accuracy per seed]}."""
+    return {"dataset": {"name": "digits"}, "seeds": [0, 1, 2],
+            "teacher": {"accuracy": teacher_acc, "params": 1000},
+            "points": [{"label": label, "knob": "rank", "size": size, "params": 10 * size,
+                        "runs": [{"seed": k, "accuracy": a} for k, a in enumerate(accs)]}
+                       for (label, size), accs in points.items()]}
+
+
+def test_pair_sweeps_is_welch_and_holm_over_common_points():
+    from scipy import stats
+
+    kd = _sweep_result({("tt", 4): [0.90, 0.91, 0.92], ("tt", 8): [0.93, 0.935, 0.94], ("cp", 4): [0.5, 0.6, 0.7]})
+    labels = _sweep_result({("tt", 4): [0.85, 0.855, 0.86], ("tt", 8): [0.925, 0.93, 0.94]})
+    pairs = sw.pair_sweeps(kd, labels)
+    assert [(p["label"], p["size"]) for p in pairs] == [("tt", 4), ("tt", 8)]  # cp is only in one
+    for p, (a, b) in zip(pairs, [([0.90, 0.91, 0.92], [0.85, 0.855, 0.86]), ([0.93, 0.935, 0.94], [0.925, 0.93, 0.94])]):
+        ref = stats.ttest_ind(a, b, equal_var=False)
+        assert p["diff"] == pytest.approx(np.mean(a) - np.mean(b), abs=1e-12)
+        assert p["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+        ci = ref.confidence_interval(0.95)
+        assert (p["low"], p["high"]) == (pytest.approx(ci.low, abs=1e-12), pytest.approx(ci.high, abs=1e-12))
+    assert [p["p_holm"] for p in pairs] == pytest.approx(holm([p["p"] for p in pairs]))
+    assert pairs[0]["significant"] is True and pairs[1]["significant"] is False
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda r: r.update(teacher={"accuracy": 0.8, "params": 1000}), "different teachers"),
+    (lambda r: r.update(seeds=[0, 1]), "seeds"),
+    (lambda r: r.update(points=[]), "share no finished point"),
+])
+def test_pair_sweeps_refuses_different_experiments(change, match):
+    kd = _sweep_result({("tt", 4): [0.90, 0.91, 0.92]})
+    labels = _sweep_result({("tt", 4): [0.88, 0.885, 0.89]})
+    change(labels)
+    with pytest.raises(DistillError, match=match):
+        sw.pair_sweeps(kd, labels)

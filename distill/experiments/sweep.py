@@ -83,6 +83,7 @@ __all__ = [
     "Point",
     "console_table",
     "markdown_report",
+    "pair_sweeps",
     "pareto_front",
     "parse_entries",
     "plan_points",
@@ -437,6 +438,47 @@ def _comparisons(rows: list[dict], levels: list[dict]) -> list[dict]:
                 out.append({"level": name, "a": f"{a['label']} {a['knob']}={a['size']}",
                             "b": f"{b['label']} {b['knob']}={b['size']}", "params_a": a["params"],
                             "params_b": b["params"], **c.as_dict()})
+    for c, p in zip(out, holm([c["p"] for c in out])):
+        c["p_holm"] = p
+        c["significant"] = None if p is None else bool(p < 0.05)
+    return out
+
+
+def pair_sweeps(a: dict, b: dict) -> list[dict]:
+    """Two sweeps of the same teacher and points trained two ways (e.g. KD against labels only):
+    for every point present in both (same label, knob and size), A − B in mean test accuracy with
+    its 95 % Welch t-interval over seeds, Welch's p and the Holm-corrected p over all the pairs.
+
+    a, b: the `results.json` dicts of two `distill sweep` folders. Returns one dict per common point
+    {label, knob, size, params, acc_a, acc_b (intervals as dicts), diff, low, high, t, df, p, p_holm,
+    significant} in A's order. Raises: DistillError if the two sweeps differ in dataset, teacher
+    (test accuracy and parameters) or seeds, or share no point — a comparison of different
+    experiments would be a plausible wrong number.
+    """
+    for key, what in (("dataset", "dataset"), ("seeds", "seeds")):
+        if a[key] != b[key]:
+            raise DistillError(f"the two sweeps differ in their {what} ({a[key]!r} against {b[key]!r}); "
+                               "compare sweeps of one experiment trained two ways")
+    ta, tb = a["teacher"], b["teacher"]
+    if (ta["accuracy"], ta["params"]) != (tb["accuracy"], tb["params"]):
+        raise DistillError(f"the two sweeps have different teachers ({100 * ta['accuracy']:.2f} % / {ta['params']:,} "
+                           f"parameters against {100 * tb['accuracy']:.2f} % / {tb['params']:,}); give both "
+                           "the same teacher.checkpoint")
+    index = {(p["label"], p["knob"], p["size"]): p for p in b["points"]}
+    out = []
+    for pa in a["points"]:
+        pb = index.get((pa["label"], pa["knob"], pa["size"]))
+        if pb is None:
+            continue
+        acc_a = [r["accuracy"] for r in pa["runs"] if "failed" not in r]
+        acc_b = [r["accuracy"] for r in pb["runs"] if "failed" not in r]
+        if not acc_a or not acc_b:
+            continue
+        out.append({"label": pa["label"], "knob": pa["knob"], "size": pa["size"], "params": pa["params"],
+                    "acc_a": t_interval(acc_a).as_dict(), "acc_b": t_interval(acc_b).as_dict(),
+                    **welch(acc_a, acc_b).as_dict()})
+    if not out:
+        raise DistillError("the two sweeps share no finished point (same family label and size); nothing to compare")
     for c, p in zip(out, holm([c["p"] for c in out])):
         c["p_holm"] = p
         c["significant"] = None if p is None else bool(p < 0.05)

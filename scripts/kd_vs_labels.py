@@ -1,0 +1,92 @@
+"""What does distillation add over the labels? Two `distill sweep` folders of one teacher — the
+same points trained by KD and by labels only (`--set distill.mode=labels_only`), with the same
+augmentation, epochs and seeds — compared point by point.
+
+    distill sweep configs/budgets_fashion_mlp.yaml --set teacher.checkpoint=T --out runs/budgets-kd
+    distill sweep configs/budgets_fashion_mlp.yaml --set teacher.checkpoint=T \\
+        --set distill.mode=labels_only --set 'sweep.families=[{family: tt}]' --out runs/budgets-labels
+    python scripts/kd_vs_labels.py runs/budgets-kd runs/budgets-labels --out runs/kd_vs_labels
+
+Per point present in both (same family label and size): the mean test accuracy of each with its
+95 % t-interval over seeds, Δ = KD − labels with its 95 % Welch t-interval, Welch's p and the
+Holm-corrected p over all the points, and whether Δ ≥ --min-gain points with the interval above 0
+(issue 12, Q3: ≥ 1.0 pt at each budget). Refuses sweeps of different teachers, datasets or seeds,
+and sweeps whose augmentation or number of epochs differ (read from their config.yaml).
+Writes OUT/kd_vs_labels.json and OUT/kd_vs_labels.md and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from distill.analysis.statistics import format_interval  # noqa: E402
+from distill.errors import DistillError  # noqa: E402
+from distill.experiments.sweep import pair_sweeps  # noqa: E402
+from distill.io import write_atomic, write_json  # noqa: E402
+
+
+def _read(folder: Path) -> tuple[dict, dict]:
+    res, cfg = folder / "results.json", folder / "config.yaml"
+    if not res.is_file() or not cfg.is_file():
+        raise DistillError(f"{folder} is not a finished `distill sweep` folder (no results.json / config.yaml)")
+    return json.loads(res.read_text()), yaml.safe_load(cfg.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("kd", type=Path, help="the sweep folder trained by distillation")
+    ap.add_argument("labels", type=Path, help="the same sweep trained on the labels only")
+    ap.add_argument("--min-gain", type=float, default=1.0, help="the gain asked of KD, in points (default 1.0)")
+    ap.add_argument("--out", type=Path, help="folder for kd_vs_labels.{json,md} (default: print only)")
+    a = ap.parse_args(argv)
+    try:
+        (kd, kd_cfg), (lab, lab_cfg) = _read(a.kd), _read(a.labels)
+        if "labels" not in lab["distill"]["phases"] or "labels" in kd["distill"]["phases"]:
+            raise DistillError(f"expected KD first and labels only second; got phases {kd['distill']['phases']} "
+                               f"and {lab['distill']['phases']}")
+        for key in ("augment",):
+            if kd_cfg.get(key) != lab_cfg.get(key):
+                raise DistillError(f"the two sweeps differ in {key} ({kd_cfg.get(key)} against {lab_cfg.get(key)})")
+        if kd["distill"]["epochs"] != lab["distill"]["epochs"]:
+            raise DistillError(f"the two sweeps train for different epochs ({kd['distill']['epochs']} against "
+                               f"{lab['distill']['epochs']})")
+        pairs = pair_sweeps(kd, lab)
+    except DistillError as err:
+        print(f"kd_vs_labels: error: {err}", file=sys.stderr)
+        return 2
+    for p in pairs:
+        p["meets_min_gain"] = None if p["low"] is None else bool(100 * p["diff"] >= a.min_gain and p["low"] > 0)
+    t = kd["teacher"]
+    lines = [f"Teacher {100 * t['accuracy']:.2f} % ({t['params']:,} parameters). KD: {a.kd} "
+             f"({' → '.join(kd['distill']['phases'])}); labels only: {a.labels}; {kd['distill']['epochs']} epochs, "
+             f"augmentation {kd_cfg.get('augment')}, seeds {kd['seeds']}.",
+             "",
+             "| family | size | params | KD acc. % [95 % CI] | labels acc. % [95 % CI] | Δ (pts) [95 % CI] | p | p_Holm "
+             f"| Δ ≥ {a.min_gain:g} pt, CI > 0 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for p in pairs:
+        ci = f" [{100 * p['low']:+.2f}, {100 * p['high']:+.2f}]" if p["low"] is not None else ""
+        pv = "–" if p["p"] is None else f"{p['p']:.3g}"
+        ph = "–" if p["p_holm"] is None else f"{p['p_holm']:.3g}"
+        meets = "n/a (fewer than 2 seeds)" if p["meets_min_gain"] is None else ("yes" if p["meets_min_gain"] else "no")
+        lines.append(f"| {p['label']} | {p['knob']}={p['size']} | {p['params']:,} | {format_interval(p['acc_a'])} | "
+                     f"{format_interval(p['acc_b'])} | {100 * p['diff']:+.2f}{ci} | {pv} | {ph} | {meets} |")
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if a.out is not None:
+        a.out.mkdir(parents=True, exist_ok=True)
+        write_json(a.out / "kd_vs_labels.json", {"kd": str(a.kd), "labels": str(a.labels), "min_gain_pts": a.min_gain,
+                                                "teacher": t, "seeds": kd["seeds"], "pairs": pairs})
+        write_atomic(a.out / "kd_vs_labels.md", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
