@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -20,6 +21,7 @@ from distill import cli, teachers
 from distill.config import from_dict
 from distill.errors import DistillError
 from distill.experiments import common
+from distill.experiments.use import onnx_names_used
 
 FAST = ["--set", "distill.epochs=3", "--set", "distill.lr=1e-2", "--set", "student.bond_dim=4", "--quiet"]
 
@@ -100,6 +102,8 @@ def test_import_run_evaluate_predict_export(trained, capsys, tmp_path):
     sess = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: data.x_test[:7]})[0]
     np.testing.assert_allclose(got, z, rtol=1e-4, atol=1e-4)
+    graph = onnx.load(str(tmp_path / "s.onnx")).graph
+    assert {t.name for t in graph.initializer} <= onnx_names_used(graph)  # no unused weights left behind
 
     assert cli.main(["export", str(run), "--format", "safetensors", "--out", str(tmp_path / "s.safetensors")]) == 0
     arrays = load_file(str(tmp_path / "s.safetensors"))
@@ -180,3 +184,41 @@ def test_python_api_distils_a_plain_function(trained, tmp_path):
     imported = distill.import_teacher(root / "mlp.onnx", data="digits")
     np.testing.assert_allclose(teachers.frozen_logits(imported, data.x_test), teachers.frozen_logits(model, data.x_test),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def cnn_teacher():
+    """A tiny digits CNN (conv 2 → 4, max-pooling, dense 16), one epoch: export needs shapes, not accuracy."""
+    cfg = from_dict({"teacher": {"arch": "cnn", "conv_channels": [2, 4], "hidden": [16], "epochs": 1, "batch_size": 64}})
+    return common.train_new_teacher(cfg, common.load_data(cfg), ckpt=None, devices=None, progress=False).model
+
+
+@pytest.mark.parametrize("teacher_kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("family, knob", [("tt", {"rank": 2}), ("cp", {"rank": 3}), ("tucker", {"rank": 3}),
+                                          ("tr", {"rank": 2}), ("lowrank", {"rank": 3}), ("dense", {"hidden_width": 3}),
+                                          ("mps_layers", {"bond_dim": 2})])
+def test_every_mirror_family_exports_to_onnx(trained, cnn_teacher, teacher_kind, family, knob):
+    """The ONNX export has a symbolic batch: every family must convert (no choice by batch size, no
+    batch merged into a reshape), stay compressed (no dense W stored) and give the student's outputs —
+    of an MLP teacher, and of a CNN teacher with its convolutions replaced too where the family can."""
+    from distill.config import with_student
+    from distill.experiments import use
+    from distill.students.mirror import build_mirror
+    from distill.students.store import PixelStudent
+
+    _, mlp, _, data = trained
+    if teacher_kind == "cnn" and family == "mps_layers":
+        pytest.skip("mps_layers replaces dense layers only; covered with the MLP teacher")
+    model = mlp if teacher_kind == "mlp" else cnn_teacher
+    extra = {"replace": "all", "keep_first_conv": True} if teacher_kind == "cnn" and family in ("cp", "tucker", "tr") else {}
+    opts = with_student(from_dict({}), family=family, **knob, **extra).student.options
+    student = PixelStudent(build_mirror(family, opts, model, seed=0, warm_start=True), (8, 8), 1)
+    blob = use._onnx_bytes(student)
+    graph = onnx.load_from_string(blob).graph
+    n_stored = sum(int(np.prod(t.dims)) for t in graph.initializer)
+    assert n_stored <= 2 * sum(int(np.prod(np.shape(a))) for a in jax.tree.leaves(nnx.state(student, nnx.Param)))
+    sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    for n in (1, 5):
+        x = data.x_test[:n]
+        got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        np.testing.assert_allclose(got, np.asarray(student(x)), rtol=1e-4, atol=1e-4)

@@ -205,6 +205,16 @@ def test_every_method_equals_the_dense_float64_reference(in_modes, out_modes, in
                 assert y.dtype == jnp.float64 and y.shape == lead + (W.shape[0],)
                 np.testing.assert_allclose(y, x @ W.T, rtol=1e-12, atol=1e-12, err_msg=str(method))
                 np.testing.assert_allclose(y, x @ W_tt.T, rtol=1e-12, atol=1e-12)
+            # the export plan (batch on its own axis) and the CPU plans give the same values
+            for plan in [tt.tt_export_plan(jcores), *(tt.tt_plan(jcores, 7, method=m) for m in tt.TT_METHODS)]:
+                y = tt.tt_matvec_planned(plan, jnp.asarray(x))
+                np.testing.assert_allclose(y, x @ W.T, rtol=1e-12, atol=1e-12, err_msg=plan.method)
+
+
+def test_modes_matvec_refuses_a_wrong_width():
+    cores = [jnp.asarray(c, jnp.float32) for c in random_cores(3, (2, 3), (2, 2), (2,))]
+    with pytest.raises(DistillError, match=r"shape \(batch, 6\)"):
+        tt.tt_matvec_modes(cores, jnp.ones((4, 5), jnp.float32))
 
 
 @pytest.mark.parametrize("kind", ["broadcast", "einsum"])

@@ -4,6 +4,7 @@ teacher in (`import_teacher`). These only read a run folder; what they write goe
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,28 @@ def _safetensors_bytes(student: PixelStudent, spec: dict) -> bytes:
     return save(flat, metadata={"distill.student": json.dumps(spec)})
 
 
+def onnx_names_used(graph) -> set[str]:
+    """Every tensor name a node of `graph` or of its subgraphs (Scan / Loop / If bodies, which may
+    read the outer graph's initializers) reads, and the graph's outputs."""
+    used = {o.name for o in graph.output}
+    for node in graph.node:
+        used.update(node.input)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                used |= onnx_names_used(sub)
+    return used
+
+
+def _drop_unused_initializers(graph) -> None:
+    """Remove the initializers no node reads (jax2onnx leaves some behind; onnxruntime then prints a
+    "Removing initializer" warning per tensor on every load)."""
+    used = onnx_names_used(graph)
+    keep = [t for t in graph.initializer if t.name in used]
+    if len(keep) < len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+
+
 def _onnx_bytes(student: PixelStudent) -> bytes:
     import jax2onnx
     import onnxruntime as ort
@@ -212,25 +235,34 @@ def _onnx_bytes(student: PixelStudent) -> bytes:
 
     fixed = nnx.clone(student)
     for _, module in nnx.iter_modules(fixed):  # the batch is symbolic in the export: no choice by batch size
-        if getattr(module, "contraction", "set") is None:
-            module.contraction = "scan"
+        prepare = getattr(module, "prepare_export", None)
+        if prepare is not None:
+            prepare()
     graphdef, state = nnx.split(fixed)
 
     def infer(x):
         return nnx.merge(graphdef, state)(x)
 
     n = student.n_features
+    # onnx_ir logs a WARNING per value whose type it cannot serialise (shape helpers of the
+    # symbolic batch); the model is checked against JAX below, so that noise is not the user's.
+    logging.getLogger("onnx_ir").setLevel(logging.ERROR)
     try:
         model = jax2onnx.to_onnx(infer, [("B", n)])
     except Exception as err:  # noqa: BLE001 - jax2onnx lacks a primitive the student uses
         raise DistillError(f"jax2onnx could not convert this student ({type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''}); export safetensors instead") from None
+    _drop_unused_initializers(model.graph)
     blob = model.SerializeToString()
     x = np.random.default_rng(0).uniform(size=(3, n)).astype(np.float32)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    try:
+        sess = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+        got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    except Exception as err:  # noqa: BLE001 - onnxruntime refuses a node of the converted graph
+        raise DistillError(f"onnxruntime cannot run the converted student ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0][:200] if str(err) else ''}); export safetensors instead") from None
     want = np.asarray(infer(x))
     if not np.allclose(got, want, rtol=1e-4, atol=1e-4):
         raise DistillError(f"the ONNX export differs from the student by {np.abs(got - want).max():.3g}; export "

@@ -174,6 +174,12 @@ class MPS(nnx.Module):
             )
         return self.site_features(x.astype(self.dtype))
 
+    def prepare_export(self) -> None:
+        """Fix the contraction for an export with a symbolic batch (the automatic choice reads
+        the batch size): the scan, whose graph does not depend on it."""
+        if self.contraction is None:
+            self.contraction = "scan"
+
     def prepare_inference(self, batch: int) -> None:
         """Precompute the cores' layout for batches of `batch` (`tn.mps.plan_contraction`); used
         by `nn.inference_copy` — never on a module still being trained (it is a snapshot)."""
@@ -388,6 +394,11 @@ class MPSHidden(nnx.Module):
     def partners(self):
         """The Partners variable of a pairwise map (None for local maps)."""
         return self.site_features.partners
+
+    def prepare_export(self) -> None:
+        """As `MPS.prepare_export`."""
+        if self.contraction is None:
+            self.contraction = "scan"
 
     def prepare_inference(self, batch: int) -> None:
         """As `MPS.prepare_inference`: the chain's layout, the output core formed once."""

@@ -172,6 +172,11 @@ class TTLinear(nnx.Module):
         plan = tt_lib.tt_plan(self.core_arrays, batch, method=self.method)
         store_plan(self, plan, ())
 
+    def prepare_export(self) -> None:
+        """Contract by `tn.tt.tt_matvec_modes` (the batch kept on its own axis) for an export with
+        a symbolic batch; the cores stay cores, so the exported file stays compressed."""
+        store_plan(self, tt_lib.tt_export_plan(self.core_arrays), ())
+
     def __call__(self, x: Array) -> Array:
         """x (..., N_in) → (..., N_out)."""
         if x.shape[-1] != self.in_features:

@@ -428,6 +428,14 @@ def _const(value: Any, ndim: int) -> Array:
 
 def _pool(layer: dict, x: Array) -> Array:
     """Max or average pooling of x (B, H, W, C) with explicit padding."""
+    (kh, kw), (sh, sw) = layer["kernel"], layer["stride"]
+    _, height, width, channels = x.shape
+    tiles = ((kh, kw) == (sh, sw) and not any(p for pad in layer["padding"] for p in pad)
+             and height % kh == 0 and width % kw == 0)
+    if tiles:  # non-overlapping tiles: a reshape and a reduction (the same values; exports to ONNX
+        # with a symbolic batch, which reduce_window's NHWC MaxPool does not run in onnxruntime)
+        t = jnp.reshape(x, (x.shape[0], height // kh, kh, width // kw, kw, channels))
+        return jnp.max(t, axis=(2, 4)) if layer["type"] == "maxpool" else jnp.mean(t, axis=(2, 4))
     window = (1, *layer["kernel"], 1)
     strides = (1, *layer["stride"], 1)
     pads = ((0, 0), *map(tuple, layer["padding"]), (0, 0))

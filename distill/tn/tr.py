@@ -353,13 +353,13 @@ def tr_conv(
     """
     P, S, Q = _conv_blocks(in_cores, spatial_core, out_cores, kernel_size, "tr_conv")
     _check_image(x, P.shape[1], "tr_conv")
-    batch, height, width, _ = x.shape
-    r0, rn = P.shape[0], P.shape[2]
-    u = jnp.einsum("byxc,lcr->blyxr", x, P)
-    u = jnp.reshape(u, (batch * r0, height, width, rn))
-    v = conv2d(u, jnp.einsum("rhws->hwrs", S), strides=strides, padding=padding)
-    v = jnp.reshape(v, (batch, r0) + tuple(v.shape[1:]))
-    return jnp.einsum("blyxs,sfl->byxf", v, Q)
+    # one convolution per value of the ring's closing bond r_0 (unrolled): the batch is never
+    # merged with r_0 in a reshape, so an export with a symbolic batch converts, and on CPU it
+    # ran ~10 % faster than one convolution over B·r_0 images (a grouped convolution: ~20× slower)
+    u = jnp.einsum("byxc,lcr->lbyxr", x, P)
+    kernel = jnp.einsum("rhws->hwrs", S)
+    v = jnp.stack([conv2d(u[l], kernel, strides=strides, padding=padding) for l in range(P.shape[0])], axis=3)
+    return jnp.einsum("byxls,sfl->byxf", v, Q)
 
 
 def tr_decompose_kernel(

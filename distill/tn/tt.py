@@ -41,6 +41,8 @@ __all__ = [
     "TTPlan",
     "tt_plan",
     "tt_matvec_planned",
+    "tt_matvec_modes",
+    "tt_export_plan",
     "TT_METHODS",
     "choose_tt_method",
     "tt_to_dense",
@@ -600,7 +602,8 @@ def tt_matvec(cores: Sequence[Array], x: Array, *, method: str | None = None) ->
 @dataclasses.dataclass(frozen=True)
 class TTPlan:
     """A TT-matrix laid out once for inference (`tt_plan`): "dense" holds Wᵀ (N_in, N_out),
-    "split" the two merged blocks, "cores" the cores. A pytree (method, reverse static)."""
+    "split" the two merged blocks, "cores" the cores; "modes" (`tt_export_plan`) the cores for
+    `tt_matvec_modes`. A pytree (method, reverse static)."""
 
     blocks: tuple
     method: str
@@ -646,11 +649,51 @@ def tt_plan(cores: Sequence[Array], batch: int, *, method: str | None = None) ->
     return TTPlan(tuple(cores), method, bool(detail))
 
 
+def tt_matvec_modes(cores: Sequence[Array], x2: Array) -> Array:
+    """y (B, N_out) = W x for x2 (B, N_in), one einsum per core with the batch on its own axis.
+
+    x2 is read as (B, 1, a_1, …, a_d) (row-major input modes, as W's columns); core k
+    (r_{k-1}, b_k, a_k, r_k) turns the state (B, b_1…b_{k-1}, r_{k-1}, a_k…a_d) into
+    (B, b_1…b_k, r_k, a_{k+1}…a_d). The same MACs as "cores" from the first core, but the batch
+    is never merged with a mode in a reshape — which is what an export with a symbolic batch
+    (jax2onnx) needs; on CPU the chain (`tt_matvec`) is faster.
+
+    Raises:
+      DistillError: malformed cores, or x2 not (B, N_in).
+    """
+    _check_cores(cores)
+    in_modes = [int(c.shape[2]) for c in cores]
+    n_in, n_out = math.prod(in_modes), math.prod(int(c.shape[1]) for c in cores)
+    if x2.ndim != 2 or x2.shape[1] != n_in:
+        raise DistillError(f"tt_matvec_modes: x must have shape (batch, {n_in}), got {tuple(x2.shape)}")
+    d = len(cores)
+    letters = iter("abcdefghijklmnopqrstuvwxyABCDEFGHIJKLMNOPQRSTUVWXY")
+    a = [next(letters) for _ in range(d)]
+    b = [next(letters) for _ in range(d)]
+    r = [next(letters) for _ in range(d + 1)]
+    state, idx = jnp.reshape(x2, (x2.shape[0], 1, *in_modes)), ["z", r[0], *a]
+    for k, core in enumerate(cores):
+        out = ["z", *b[: k + 1], r[k + 1], *a[k + 1:]]
+        spec = f"{''.join(idx)},{r[k]}{b[k]}{a[k]}{r[k + 1]}->{''.join(out)}"
+        state, idx = jnp.einsum(spec, state, core), out
+    return jnp.reshape(state, (x2.shape[0], n_out))
+
+
+def tt_export_plan(cores: Sequence[Array]) -> TTPlan:
+    """A plan whose `tt_matvec_planned` is `tt_matvec_modes`: the cores as they are, for an
+    export whose batch is symbolic (the CPU plans merge the batch into reshapes or store W)."""
+    _check_cores(cores)
+    return TTPlan(tuple(cores), "modes", False)
+
+
 def tt_matvec_planned(plan: TTPlan, x: Array) -> Array:
-    """y = W x with a `tt_plan`: x (..., N_in) → (..., N_out); the same values as `tt_matvec`."""
+    """y = W x with a `tt_plan` (or `tt_export_plan`): x (..., N_in) → (..., N_out); the same
+    values as `tt_matvec`."""
     lead = x.shape[:-1]
     x2 = jnp.reshape(x, (math.prod(lead), x.shape[-1]))
-    if plan.method == "dense":
+    if plan.method == "modes":
+        y = tt_matvec_modes(plan.blocks, x2)
+    elif plan.method == "dense":
         y = jnp.matmul(x2, plan.blocks[0])
     else:
         y = _chain(list(plan.blocks), x2, plan.reverse)
