@@ -26,7 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill.analysis.statistics import format_interval  # noqa: E402
+from distill.analysis.statistics import comparison_cells, format_interval  # noqa: E402
 from distill.errors import DistillError  # noqa: E402
 from distill.experiments.sweep import pair_sweeps  # noqa: E402
 from distill.io import write_atomic, write_json  # noqa: E402
@@ -72,12 +72,10 @@ def main(argv: list[str] | None = None) -> int:
              f"| Δ ≥ {a.min_gain:g} pt, CI > 0 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for p in pairs:
-        ci = f" [{100 * p['low']:+.2f}, {100 * p['high']:+.2f}]" if p["low"] is not None else ""
-        pv = "–" if p["p"] is None else f"{p['p']:.3g}"
-        ph = "–" if p["p_holm"] is None else f"{p['p_holm']:.3g}"
+        delta, pv, ph = comparison_cells(p)
         meets = "n/a (fewer than 2 seeds)" if p["meets_min_gain"] is None else ("yes" if p["meets_min_gain"] else "no")
         lines.append(f"| {p['label']} | {p['knob']}={p['size']} | {p['params']:,} | {format_interval(p['acc_a'])} | "
-                     f"{format_interval(p['acc_b'])} | {100 * p['diff']:+.2f}{ci} | {pv} | {ph} | {meets} |")
+                     f"{format_interval(p['acc_b'])} | {delta} | {pv} | {ph} | {meets} |")
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if a.out is not None:

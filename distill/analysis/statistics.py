@@ -28,6 +28,7 @@ __all__ = [
     "TEST_METHOD",
     "Comparison",
     "Interval",
+    "comparison_cells",
     "format_interval",
     "holm",
     "t_interval",
@@ -152,3 +153,12 @@ def format_interval(iv: Interval | dict, scale: float = 100.0, digits: int = 2) 
     if iv["low"] is None:
         return f"{mean} ({NO_SPREAD})"
     return f"{mean} [{scale * iv['low']:.{digits}f}, {scale * iv['high']:.{digits}f}]"
+
+
+def comparison_cells(c: dict) -> tuple[str, str, str]:
+    """Table cells of a `Comparison.as_dict()` with a Holm p added ("p_holm"): (Δ in points with
+    its interval, p, p_Holm); "–" where a value is None (fewer than 2 seeds on a side)."""
+    ci = f" [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}]" if c["low"] is not None else ""
+    p = "–" if c["p"] is None else f"{c['p']:.3g}"
+    ph = "–" if c.get("p_holm") is None else f"{c['p_holm']:.3g}"
+    return f"{100 * c['diff']:+.2f}{ci}", p, ph

@@ -49,6 +49,7 @@ from distill.analysis.statistics import (
     CI_METHOD,
     CORRECTION,
     TEST_METHOD,
+    comparison_cells,
     format_interval,
     holm,
     t_interval,
@@ -643,12 +644,10 @@ def markdown_report(results: dict, config_yaml: str) -> str:
         lines += ["| level | A | B | params A / B | Δ (pts) [95 % CI] | p | p_Holm | beyond the seed spread |",
                   "|---|---|---|---|---|---|---|---|"]
         for c in comps:
-            ci = f" [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}]" if c["low"] is not None else ""
-            p = "–" if c["p"] is None else f"{c['p']:.3g}"
-            ph = "–" if c["p_holm"] is None else f"{c['p_holm']:.3g}"
+            delta, p, ph = comparison_cells(c)
             verdict = "n/a (fewer than 2 seeds)" if c["significant"] is None else ("yes" if c["significant"] else "no")
             lines.append(f"| {c['level']} | {c['a']} | {c['b']} | {c['params_a']:,} / {c['params_b']:,} | "
-                         f"{100 * c['diff']:+.2f}{ci} | {p} | {ph} | {verdict} |")
+                         f"{delta} | {p} | {ph} | {verdict} |")
     failed = [(p["label"], p["size"], r["seed"], r["failed"]) for p in results["points"] for r in p["runs"]
               if "failed" in r]
     if failed:
