@@ -67,3 +67,16 @@ def test_holm_step_down_by_hand():
     adj = holm([0.012, 0.02, 0.001])
     assert [p < 0.05 for p in adj] == [True, True, True]
     assert [p * 3 < 0.05 for p in (0.012, 0.02, 0.001)] == [True, False, True]
+
+
+def test_t_interval_is_clipped_to_the_possible_range():
+    # three seeds, one collapsed: mean 0.667, s = 0.491, half-width 4.3027·0.491/√3 ≈ 1.22 (t₀.₉₇₅,₂ = 4.3027)
+    vals = [0.95, 0.95, 0.10]
+    raw = t_interval(vals)
+    assert raw.low < 0 and raw.high > 1
+    iv = t_interval(vals, bounds=(0.0, 1.0))
+    assert iv.mean == pytest.approx(raw.mean) and iv.std == pytest.approx(raw.std)
+    assert (iv.low, iv.high) == (0.0, 1.0)
+    tight = t_interval([0.90, 0.91, 0.92], bounds=(0.0, 1.0))
+    assert (tight.low, tight.high) == (pytest.approx(0.91 - 4.302652729911275 * 0.01 / 3**0.5),
+                                       pytest.approx(0.91 + 4.302652729911275 * 0.01 / 3**0.5))

@@ -65,11 +65,15 @@ def _clean(values: Sequence[float | None]) -> np.ndarray:
     return np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
 
 
-def t_interval(values: Sequence[float | None], confidence: float = 0.95) -> Interval:
+def t_interval(values: Sequence[float | None], confidence: float = 0.95,
+               bounds: tuple[float, float] | None = None) -> Interval:
     """Mean and Student t-interval of `values` (None / non-finite entries left out).
 
     n = 0: everything None. n = 1: the mean, no interval (no spread can be estimated). Equal
-    values: a zero-width interval. Raises: ValueError for a confidence outside (0, 1).
+    values: a zero-width interval. bounds (lo, hi): the range the quantity can take (an accuracy:
+    (0, 1)); the interval is intersected with it — with 3 seeds and one collapsed run the t-interval
+    of an accuracy can otherwise reach below 0 or above 1. Raises: ValueError for a confidence
+    outside (0, 1).
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
@@ -82,7 +86,10 @@ def t_interval(values: Sequence[float | None], confidence: float = 0.95) -> Inte
         return Interval(mean, None, None, 1, None, confidence)
     std = float(x.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
-    return Interval(mean, mean - half, mean + half, n, std, confidence)
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return Interval(mean, low, high, n, std, confidence)
 
 
 @dataclass(frozen=True)

@@ -387,7 +387,7 @@ def _one_run(point: Point, cfg: Config, seed: int, data, xs, teacher, t_logits, 
 def _summarise(point: Point, teacher_acc: float, t_params: int, levels: list[dict]) -> dict:
     ok = [r for r in point.runs if "failed" not in r]
     acc = [r["accuracy"] for r in ok]
-    drop = t_interval([100.0 * (teacher_acc - a) for a in acc])
+    drop = t_interval([100.0 * (teacher_acc - a) for a in acc], bounds=(100.0 * (teacher_acc - 1.0), 100.0 * teacher_acc))
     lat = {b: float(np.median([r["latency_ms"][b] for r in ok])) if ok else None for b in ("1", "256")}
     gaps = {levels[j]["name"]: point.params / levels[j]["target_params"] - 1.0 for j in point.levels}
     return {
@@ -398,8 +398,8 @@ def _summarise(point: Point, teacher_acc: float, t_params: int, levels: list[dic
         "replaced_compression": point.replaced_teacher_params / point.replaced_params,
         "levels": [levels[j]["name"] for j in point.levels], "budget_gap": gaps,
         "n_ok": len(ok), "n_failed": len(point.runs) - len(ok),
-        "accuracy": t_interval(acc).as_dict(),
-        "agreement": t_interval([r["agreement"] for r in ok]).as_dict(),
+        "accuracy": t_interval(acc, bounds=(0.0, 1.0)).as_dict(),
+        "agreement": t_interval([r["agreement"] for r in ok], bounds=(0.0, 1.0)).as_dict(),
         "kl": t_interval([r["kl"] for r in ok]).as_dict(),
         "drop_pts": drop.as_dict(),
         "lossless": None if drop.mean is None else bool(drop.mean <= LOSSLESS_PTS),
