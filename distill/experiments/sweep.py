@@ -476,7 +476,8 @@ def pair_sweeps(a: dict, b: dict) -> list[dict]:
         if not acc_a or not acc_b:
             continue
         out.append({"label": pa["label"], "knob": pa["knob"], "size": pa["size"], "params": pa["params"],
-                    "acc_a": t_interval(acc_a).as_dict(), "acc_b": t_interval(acc_b).as_dict(),
+                    "acc_a": t_interval(acc_a, bounds=(0.0, 1.0)).as_dict(),
+                    "acc_b": t_interval(acc_b, bounds=(0.0, 1.0)).as_dict(),
                     **welch(acc_a, acc_b).as_dict()})
     if not out:
         raise DistillError("the two sweeps share no finished point (same family label and size); nothing to compare")
