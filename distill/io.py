@@ -40,13 +40,19 @@ def _primary() -> bool:
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename: never a half-written file.
     In a multi-process run only process 0 writes."""
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: Path, blob: bytes) -> None:
+    """`write_atomic` for bytes. Raises: OSError when the folder is missing or not writable (the
+    temporary file is removed)."""
     if not _primary():
         return
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:

@@ -36,7 +36,13 @@ def _read(folder: Path) -> tuple[dict, dict]:
     res, cfg = folder / "results.json", folder / "config.yaml"
     if not res.is_file() or not cfg.is_file():
         raise DistillError(f"{folder} is not a finished `distill sweep` folder (no results.json / config.yaml)")
-    return json.loads(res.read_text()), yaml.safe_load(cfg.read_text())
+    try:
+        results, config = json.loads(res.read_text()), yaml.safe_load(cfg.read_text())
+    except (ValueError, yaml.YAMLError) as err:
+        raise DistillError(f"{folder}: unreadable results.json / config.yaml ({type(err).__name__})") from None
+    if not isinstance(results, dict) or not {"points", "distill", "teacher"} <= results.keys():
+        raise DistillError(f"{folder} is a run folder, not a `distill sweep` folder (its results.json has no points)")
+    return results, config if isinstance(config, dict) else {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="folder for kd_vs_labels.{json,md} (default: print only)")
     a = ap.parse_args(argv)
     try:
+        if a.kd.resolve() == a.labels.resolve():
+            raise DistillError(f"both arguments are {a.kd}; give the KD sweep and the labels-only sweep")
         (kd, kd_cfg), (lab, lab_cfg) = _read(a.kd), _read(a.labels)
         if "labels" not in lab["distill"]["phases"] or "labels" in kd["distill"]["phases"]:
             raise DistillError(f"expected KD first and labels only second; got phases {kd['distill']['phases']} "

@@ -161,7 +161,27 @@ def test_predict_refuses_bad_inputs(trained, capsys, tmp_path):
         np.save(tmp_path / "bad.npy", array)
         assert cli.main(["predict", str(run), str(tmp_path / "bad.npy"), "--out", str(tmp_path / "o.npy")]) == 2
         assert needle in capsys.readouterr().err
-    assert not (tmp_path / "o.npy").exists()
+    nan = np.zeros((3, 64))
+    nan[1, 5] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 64)))
+    (tmp_path / "x.csv").write_text("0,0\n")
+    np.save(tmp_path / "ok.npy", np.zeros((2, 64)))
+    for args, needle in [(["nan.npy", "o.npy"], "image 1, pixel 5 is nan"), (["x.npz", "o.npy"], "an .npz archive"),
+                         (["x.csv", "o.npy"], "not a .npy file"), (["ok.npy", "o.csv"], "ending in .npy"),
+                         (["ok.npy", "ok.npy"], "is the input file"), (["ok.npy", "missing/o.npy"], "existing folder")]:
+        assert cli.main(["predict", str(run), str(tmp_path / args[0]), "--out", str(tmp_path / args[1])]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o.npy").exists() and not (tmp_path / "missing").exists()
+    assert np.load(tmp_path / "ok.npy").shape == (2, 64)  # the input was not overwritten
+    assert cli.main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "s.safetensors")]) == 2
+    assert "ending in .onnx" in capsys.readouterr().err and not (tmp_path / "s.safetensors").exists()
+    assert cli.main(["predict", str(run), str(tmp_path / "ok.npy"), "--out", str(tmp_path / "o.npy")]) == 0
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "o.npy").stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
 
 
 def test_python_api_distils_a_plain_function(trained, tmp_path):

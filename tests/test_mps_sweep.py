@@ -178,6 +178,9 @@ def test_long_chain_float32_is_stable_and_accurate(method):
 
 
 def test_auto_rule_picks_tree_for_tiny_batches_on_cpu():
+    # planned (fixed cores, inference): the 2-site scan at every batch on CPU
+    assert mps.choose_planned(196, 2, 20, 1, backend="cpu") == ("scan", 2)
+    assert mps.choose_planned(196, 2, 32, 1, backend="cpu") == ("scan", 1)
     assert mps.choose_method(196, 2, 20, 1, backend="cpu") == "tree"
     assert mps.choose_method(196, 2, 20, 256, backend="cpu") == "scan"
     assert mps.choose_method(784, 3, 10, 500, backend="cpu") == "scan"
@@ -190,7 +193,8 @@ def test_planned_contraction_equals_contract(batch, method):
     params = random_params(8, n, d, chi, m)
     phi = trig(uniform(9, (batch, n)), d)
     plan = mps.plan_contraction(params, batch, method=method)
-    assert plan.method == (method or mps.choose_method(n, d, chi, batch))
+    assert (plan.method, plan.sites_per_step) == ((method, plan.sites_per_step) if method
+                                                  else mps.choose_planned(n, d, chi, batch))
     z, log_norm = mps.contract_planned(plan, phi)
     z_ref, log_ref = mps.contract(params, phi, method="scan")
     np.testing.assert_allclose(z, z_ref, rtol=2e-5, atol=2e-6)

@@ -124,8 +124,18 @@ def predict(run_dir: str | Path, inputs: str | Path, out: str | Path) -> np.ndar
     Raises: DistillError for a missing or pickled file, a wrong shape or values outside [0, 1]."""
     student = load_student(run_dir)
     path = Path(inputs).expanduser()
+    out = Path(out).expanduser()
     if not path.is_file():
         raise DistillError(f"no such file: {path}")
+    if out.suffix != ".npy":
+        raise DistillError(f"--out {out}: the logits are written as a .npy array; give a name ending in .npy")
+    if out.exists() and out.resolve() == path.resolve():
+        raise DistillError(f"--out {out} is the input file; choose another name so the images are not overwritten")
+    with path.open("rb") as fh:
+        magic = fh.read(6)
+    if magic != b"\x93NUMPY":
+        kind = "an .npz archive" if magic[:2] == b"PK" else "not a .npy file"
+        raise DistillError(f"{path} is {kind}; save one array of images with np.save(path, array)")
     try:
         x = np.load(path, allow_pickle=False)
     except ValueError as err:
@@ -141,31 +151,35 @@ def predict(run_dir: str | Path, inputs: str | Path, out: str | Path) -> np.ndar
     if not len(x):
         raise DistillError(f"{path.name} holds no images")
     x = x.astype(np.float32)
-    if (not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0):
-        raise DistillError(f"{path.name}: pixels must be finite and in [0, 1] (found {np.nanmin(x):g} to "
-                           f"{np.nanmax(x):g}); divide by the format's maximum (255 for 8-bit images, 16 for scikit-learn's "
-                           "digits)")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise DistillError(f"{path.name}: pixels must be finite; image {row}, pixel {col} is {x[row, col]}")
+    if x.min() < 0.0 or x.max() > 1.0:
+        raise DistillError(f"{path.name}: pixels must be in [0, 1] (found {x.min():g} to {x.max():g}); divide by the "
+                           "format's maximum (255 for 8-bit images, 16 for scikit-learn's digits)")
     logits = train.predict(student, x)
-    out = Path(out).expanduser()
-    _save_npy(out, logits)
+    _write_output(out, _npy_bytes(logits))
     return logits
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
+def _npy_bytes(array: np.ndarray) -> bytes:
     import io
-    import os
-    import tempfile
 
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _write_output(path: Path, blob: bytes) -> None:
+    """Atomically, into an existing folder (predict and export alike)."""
+    from distill.io import write_bytes_atomic
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
+        write_bytes_atomic(path, blob)
     except OSError as err:
-        raise DistillError(f"cannot write {path} ({err.strerror or err}); choose a writable --out") from None
+        raise DistillError(f"cannot write {path} ({err.strerror or err}); choose a writable --out in an existing "
+                           "folder") from None
 
 
 def export(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path:
@@ -180,17 +194,13 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path
     if fmt not in ("safetensors", "onnx"):
         raise DistillError(f"unknown export format {fmt!r}; use safetensors or onnx")
     path = Path(out).expanduser() if out is not None else run_dir / f"student.{fmt}"
+    if path.suffix != f".{fmt}":
+        raise DistillError(f"--out {path}: a {fmt} export is written to a name ending in .{fmt}")
     if fmt == "safetensors":
         blob = _safetensors_bytes(student, spec_of(run_dir))
     else:
         blob = _onnx_bytes(student)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(blob)
-        tmp.replace(path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise DistillError(f"cannot write {path} ({err.strerror or err}); choose a writable --out") from None
+    _write_output(path, blob)
     return path
 
 
