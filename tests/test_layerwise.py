@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from distill import students, teachers, train
+from distill import teachers, train
 from distill.config import from_dict
 from distill.errors import DistillError
 from distill.experiments import common

@@ -4,8 +4,6 @@ line (non-zero exit, no traceback, nothing written) for every user mistake."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
