@@ -213,10 +213,13 @@ def cnn_teacher():
     return common.train_new_teacher(cfg, common.load_data(cfg), ckpt=None, devices=None, progress=False).model
 
 
-@pytest.mark.parametrize("teacher_kind", ["mlp", "cnn"])
-@pytest.mark.parametrize("family, knob", [("tt", {"rank": 2}), ("cp", {"rank": 3}), ("tucker", {"rank": 3}),
-                                          ("tr", {"rank": 2}), ("lowrank", {"rank": 3}), ("dense", {"hidden_width": 3}),
-                                          ("mps_layers", {"bond_dim": 2})])
+_FAMILIES = [("tt", {"rank": 2}), ("cp", {"rank": 3}), ("tucker", {"rank": 3}), ("tr", {"rank": 2}),
+             ("lowrank", {"rank": 3}), ("dense", {"hidden_width": 3}), ("mps_layers", {"bond_dim": 2})]
+
+
+@pytest.mark.parametrize("teacher_kind, family, knob",
+                         [("mlp", f, k) for f, k in _FAMILIES]
+                         + [("cnn", f, k) for f, k in _FAMILIES if f != "mps_layers"])  # it replaces dense layers only
 def test_every_mirror_family_exports_to_onnx(trained, cnn_teacher, teacher_kind, family, knob):
     """The ONNX export has a symbolic batch: every family must convert (no choice by batch size, no
     batch merged into a reshape), stay compressed (no dense W stored) and give the student's outputs —
@@ -227,8 +230,6 @@ def test_every_mirror_family_exports_to_onnx(trained, cnn_teacher, teacher_kind,
     from distill.students.store import PixelStudent
 
     _, mlp, _, data = trained
-    if teacher_kind == "cnn" and family == "mps_layers":
-        pytest.skip("mps_layers replaces dense layers only; covered with the MLP teacher")
     model = mlp if teacher_kind == "mlp" else cnn_teacher
     extra = {"replace": "all", "keep_first_conv": True} if teacher_kind == "cnn" and family in ("cp", "tucker", "tr") else {}
     opts = with_student(from_dict({}), family=family, **knob, **extra).student.options
