@@ -26,7 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill.analysis.statistics import comparison_cells, format_interval  # noqa: E402
+from distill.analysis.statistics import comparison_cells, format_interval, verdict_cell  # noqa: E402
 from distill.errors import DistillError  # noqa: E402
 from distill.experiments.sweep import pair_sweeps  # noqa: E402
 from distill.io import write_atomic, write_json  # noqa: E402
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|---|---|---|"]
     for p in pairs:
         delta, pv, ph = comparison_cells(p)
-        meets = "n/a (fewer than 2 seeds)" if p["meets_min_gain"] is None else ("yes" if p["meets_min_gain"] else "no")
+        meets = verdict_cell(p["meets_min_gain"])
         lines.append(f"| {p['label']} | {p['knob']}={p['size']} | {p['params']:,} | {format_interval(p['acc_a'])} | "
                      f"{format_interval(p['acc_b'])} | {delta} | {pv} | {ph} | {meets} |")
     text = "\n".join(lines) + "\n"

@@ -29,6 +29,7 @@ __all__ = [
     "Comparison",
     "Interval",
     "comparison_cells",
+    "verdict_cell",
     "format_interval",
     "holm",
     "t_interval",
@@ -169,3 +170,8 @@ def comparison_cells(c: dict) -> tuple[str, str, str]:
     p = "–" if c["p"] is None else f"{c['p']:.3g}"
     ph = "–" if c.get("p_holm") is None else f"{c['p_holm']:.3g}"
     return f"{100 * c['diff']:+.2f}{ci}", p, ph
+
+
+def verdict_cell(flag: bool | None) -> str:
+    """A yes / no table cell for a test's verdict; None (fewer than 2 seeds on a side: no test)."""
+    return "n/a (fewer than 2 seeds)" if flag is None else ("yes" if flag else "no")

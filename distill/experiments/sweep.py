@@ -53,6 +53,7 @@ from distill.analysis.statistics import (
     format_interval,
     holm,
     t_interval,
+    verdict_cell,
     welch,
 )
 from distill.config import Config, dump_yaml, with_student
@@ -646,7 +647,7 @@ def markdown_report(results: dict, config_yaml: str) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for c in comps:
             delta, p, ph = comparison_cells(c)
-            verdict = "n/a (fewer than 2 seeds)" if c["significant"] is None else ("yes" if c["significant"] else "no")
+            verdict = verdict_cell(c["significant"])
             lines.append(f"| {c['level']} | {c['a']} | {c['b']} | {c['params_a']:,} / {c['params_b']:,} | "
                          f"{delta} | {p} | {ph} | {verdict} |")
     failed = [(p["label"], p["size"], r["seed"], r["failed"]) for p in results["points"] for r in p["runs"]
