@@ -121,7 +121,9 @@ def predict(run_dir: str | Path, inputs: str | Path, out: str | Path) -> np.ndar
     """Logits (N, classes) of the run's student for the images in the .npy file `inputs` —
     (N, H, W) or (N, H*W), pixels in [0, 1], at the run dataset's native size — written to the
     .npy file `out` (atomically). Returns the logits.
-    Raises: DistillError for a missing or pickled file, a wrong shape or values outside [0, 1]."""
+    Raises: DistillError for a missing file, one that is not a plain .npy array (.npz, text, pickled
+    objects), an `out` that is the input or does not end in .npy or lies in a missing folder, a wrong
+    shape, non-finite pixels (the first named) or values outside [0, 1]."""
     student = load_student(run_dir)
     path = Path(inputs).expanduser()
     out = Path(out).expanduser()
