@@ -440,10 +440,15 @@ def _comparisons(rows: list[dict], levels: list[dict]) -> list[dict]:
                 out.append({"level": name, "a": f"{a['label']} {a['knob']}={a['size']}",
                             "b": f"{b['label']} {b['knob']}={b['size']}", "params_a": a["params"],
                             "params_b": b["params"], **c.as_dict()})
-    for c, p in zip(out, holm([c["p"] for c in out])):
+    _add_holm(out)
+    return out
+
+
+def _add_holm(comparisons: list[dict]) -> None:
+    """Holm-correct the comparisons' p-values together: p_holm and significant (p_holm < 0.05)."""
+    for c, p in zip(comparisons, holm([c["p"] for c in comparisons])):
         c["p_holm"] = p
         c["significant"] = None if p is None else bool(p < 0.05)
-    return out
 
 
 def pair_sweeps(a: dict, b: dict) -> list[dict]:
@@ -482,9 +487,7 @@ def pair_sweeps(a: dict, b: dict) -> list[dict]:
                     **welch(acc_a, acc_b).as_dict()})
     if not out:
         raise DistillError("the two sweeps share no finished point (same family label and size); nothing to compare")
-    for c, p in zip(out, holm([c["p"] for c in out])):
-        c["p_holm"] = p
-        c["significant"] = None if p is None else bool(p < 0.05)
+    _add_holm(out)
     return out
 
 

@@ -679,20 +679,25 @@ class ContractionPlan:
 def choose_planned(n_sites: int, d: int, chi: int, batch: int, backend: str | None = None) -> tuple[str, int]:
     """(method, sites per step) `plan_contraction` uses for fixed cores at this batch.
 
-    With the cores fixed, merging sites is formed once in the plan instead of on every call, so
-    the trade-off of `_sites_per_step` (the merge's cost against k times fewer sequential steps)
-    no longer holds at small batches. CPU: the scan with two sites per step for d = 2 and χ ≤ 24
-    at every batch, else one. Measured (n 196, d 2, χ 20, jitted, interleaved, load ~5, median /
-    p10 ms at batch 1): tree 2 sites 0.221 / 0.150, scan 1 site 0.151 / 0.103, scan 2 sites
-    0.137 / 0.086, scan 4 sites 0.167 / 0.111, tree 4 sites 0.194 / 0.130 (the MLP teacher
-    784-512-512-10: 0.156 / 0.095); at batch 256 the 2-site scan was already the choice.
-    GPU / TPU: `choose_method` (not measured here).
+    CPU: the scan at every batch; GPU / TPU: `choose_method` (not measured here). Sites per step:
+    `_planned_sites`. Measured (n 196, d 2, χ 20, jitted, interleaved, load ~5, median / p10 ms at
+    batch 1): tree 2 sites 0.221 / 0.150, scan 1 site 0.151 / 0.103, scan 2 sites 0.137 / 0.086,
+    scan 4 sites 0.167 / 0.111, tree 4 sites 0.194 / 0.130 (the MLP teacher 784-512-512-10:
+    0.156 / 0.095); at batch 256 the 2-site scan was already the choice.
     """
     backend = backend or jax.default_backend()
-    if backend == "cpu":
-        return "scan", (2 if d == 2 and chi <= 24 else 1)
-    method = choose_method(n_sites, d, chi, batch, backend)
-    return method, (_tree_leaf_sites(d, chi, batch) if method == "tree" else _sites_per_step(d, chi, batch))
+    method = "scan" if backend == "cpu" else choose_method(n_sites, d, chi, batch, backend)
+    return method, _planned_sites(method, d, chi, batch)
+
+
+def _planned_sites(method: str, d: int, chi: int, batch: int) -> int:
+    """Sites per step (scan) or per leaf (tree) of a plan. With the cores fixed the merged cores
+    are formed once in the plan, not on every call, so the trade-off of `_sites_per_step` (the
+    merge's cost against k times fewer sequential steps) no longer depends on the batch: the
+    scan merges two sites for d = 2 and χ ≤ 24 at every batch."""
+    if method == "tree":
+        return _tree_leaf_sites(d, chi, batch)
+    return 2 if d == 2 and chi <= 24 else 1
 
 
 def plan_contraction(params: MPSParams, batch: int, *, method: str | None = None) -> ContractionPlan:
@@ -703,13 +708,10 @@ def plan_contraction(params: MPSParams, batch: int, *, method: str | None = None
     """
     n, d, chi, m, k = mps_dims(params)
     if method is None:
-        method, kk = choose_planned(n, d, chi, int(batch))
+        method = choose_planned(n, d, chi, int(batch))[0]
     elif method not in METHODS:
         raise DistillError(f"MPS plan_contraction: method must be one of {METHODS} or None, got {method!r}")
-    elif method == "tree":
-        kk = _tree_leaf_sites(d, chi, int(batch))
-    else:
-        kk = _sites_per_step(d, chi, int(batch))
+    kk = _planned_sites(method, d, chi, int(batch))
     prepared = _prepare(params, method, kk)
     return ContractionPlan(params, prepared, method, kk)
 
