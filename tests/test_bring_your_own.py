@@ -21,7 +21,7 @@ from distill import cli, teachers
 from distill.config import from_dict
 from distill.errors import DistillError
 from distill.experiments import common
-from distill.experiments.use import onnx_names_used
+from distill.experiments.use import onnx_names_used, onnx_subgraphs
 
 FAST = ["--set", "distill.epochs=3", "--set", "distill.lr=1e-2", "--set", "student.bond_dim=4", "--quiet"]
 
@@ -103,7 +103,8 @@ def test_import_run_evaluate_predict_export(trained, capsys, tmp_path):
     got = sess.run(None, {sess.get_inputs()[0].name: data.x_test[:7]})[0]
     np.testing.assert_allclose(got, z, rtol=1e-4, atol=1e-4)
     graph = onnx.load(str(tmp_path / "s.onnx")).graph
-    assert {t.name for t in graph.initializer} <= onnx_names_used(graph)  # no unused weights left behind
+    for g in onnx_subgraphs(graph):  # no unused weights left behind, in the graph or its scan bodies
+        assert {t.name for t in g.initializer} <= onnx_names_used(g)
 
     assert cli.main(["export", str(run), "--format", "safetensors", "--out", str(tmp_path / "s.safetensors")]) == 0
     arrays = load_file(str(tmp_path / "s.safetensors"))

@@ -197,7 +197,7 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path
         raise DistillError(f"unknown export format {fmt!r}; use safetensors or onnx")
     path = Path(out).expanduser() if out is not None else run_dir / f"student.{fmt}"
     if path.suffix != f".{fmt}":
-        raise DistillError(f"--out {path}: a {fmt} export is written to a name ending in .{fmt}")
+        raise DistillError(f"--out {path}: the {fmt} export is written to a name ending in .{fmt}")
     if fmt == "safetensors":
         blob = _safetensors_bytes(student, spec_of(run_dir))
     else:
@@ -230,14 +230,26 @@ def onnx_names_used(graph) -> set[str]:
     return used
 
 
+def onnx_subgraphs(graph):
+    """`graph` and every graph nested in its nodes' attributes (Scan / Loop / If bodies)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from onnx_subgraphs(sub)
+
+
 def _drop_unused_initializers(graph) -> None:
-    """Remove the initializers no node reads (jax2onnx leaves some behind; onnxruntime then prints a
-    "Removing initializer" warning per tensor on every load)."""
-    used = onnx_names_used(graph)
-    keep = [t for t in graph.initializer if t.name in used]
-    if len(keep) < len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
+    """Remove the initializers no node reads, in the graph and in every body nested in it (jax2onnx
+    leaves some behind; onnxruntime then prints a "Removing initializer" warning per tensor on every
+    load). A body may read its outer graph's initializers, so each graph keeps what it or any graph
+    nested in it reads."""
+    for g in onnx_subgraphs(graph):
+        used = onnx_names_used(g)
+        keep = [t for t in g.initializer if t.name in used]
+        if len(keep) < len(g.initializer):
+            del g.initializer[:]
+            g.initializer.extend(keep)
 
 
 def _onnx_bytes(student: PixelStudent) -> bytes:
