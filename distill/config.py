@@ -283,6 +283,9 @@ class RuntimeConfig:
     checkpoint_every: int = field(default=1, metadata=at_least(1))  # epochs between TrainState checkpoints
     keep_checkpoints: int = field(default=2, metadata=at_least(1))  # newest checkpoints kept per training phase
     devices: int | None = field(default=None, metadata=at_least(1))  # None = every visible device
+    # CPU devices JAX exposes (None = its default, one): e.g. the core count, so that data
+    # parallelism spreads each batch over the cores (set before JAX starts: a fresh process)
+    cpu_devices: int | None = field(default=None, metadata=at_least(1))
 
 
 @dataclass(frozen=True)

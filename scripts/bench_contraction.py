@@ -5,8 +5,12 @@ cross-entropy) on a batch. Every system is warmed up (compile / trace) first, th
 up to `--steps` steps or `--budget-s` seconds (at least `--min-steps`); the median step time
 gives samples/s. Systems:
 
-  ours[scan|tree|chunked]  distill.tn.mps.contract(method=...) under one jitted optax step;
-                           "ours" is the method `contract(method=None)` picks here
+  ours[scan|tree|chunked]  distill.tn.mps.contract(method=...) under one jitted optax step,
+                           data-parallel over --cpu-devices CPU devices (default: one per
+                           core, as distill's training loop with runtime.cpu_devices) when
+                           the batch splits evenly; "ours" is the method
+                           `contract(method=None)` picks here
+  ours[M, 1 device]        the same step for that method on one device
   tensorkrowch             tk.models.MPSLayer(n_features=sites+1, in_dim=d, out_dim=outputs,
                            bond_dim=chi), tk.embeddings.poly, auto_stack=True,
                            auto_unbind=False, model.trace(example) first, torch.optim.Adam,
@@ -30,6 +34,7 @@ and writes JSON (one entry per shape).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -47,6 +52,7 @@ import optax  # noqa: E402
 
 from distill.tn import mps  # noqa: E402
 from distill.tn.feature_maps import poly  # noqa: E402
+from distill.train.sharding import data_mesh, replicate, shard_batch, use_cpu_devices  # noqa: E402
 
 from bench_mps import parse_shape  # noqa: E402  (scripts/ is on sys.path: this file's folder)
 
@@ -80,9 +86,14 @@ def make_data(sites, outputs, batch, seed=0):
     return x, y
 
 
-def adam_runner(loss, params, x, y, lr):
-    """A zero-argument runner of one jitted forward+backward+Adam step of loss(params, x, y)."""
+def adam_runner(loss, params, x, y, lr, mesh=None):
+    """A zero-argument runner of one jitted forward+backward+Adam step of loss(params, x, y).
+    With a `mesh`: data-parallel as distill's training loop runs it (x, y split over the mesh's
+    devices, params and optimiser state replicated, the mesh in context)."""
     opt = optax.adam(lr)
+    if mesh is not None:
+        x, y = shard_batch({"x": x, "y": y}, mesh).values()
+        params = replicate(params, mesh)
 
     @jax.jit
     def step(p, s, x, y):
@@ -93,7 +104,8 @@ def adam_runner(loss, params, x, y, lr):
     state = {"p": params, "s": opt.init(params)}
 
     def run():
-        state["p"], state["s"], l = step(state["p"], state["s"], x, y)
+        with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+            state["p"], state["s"], l = step(state["p"], state["s"], x, y)
         jax.block_until_ready(l)
         return l
 
@@ -103,8 +115,9 @@ def adam_runner(loss, params, x, y, lr):
 # --------------------------------------------------------------------------- ours
 
 
-def ours_step(sites, d, chi, outputs, batch, method, lr=1e-3):
-    """A jitted forward+backward+Adam step on MPSParams; returns a zero-argument runner."""
+def ours_step(sites, d, chi, outputs, batch, method, lr=1e-3, mesh=None):
+    """A jitted forward+backward+Adam step on MPSParams (data-parallel over `mesh` when given);
+    returns a zero-argument runner."""
     params = mps.init_mps(jax.random.key(0), sites, d, chi, outputs)
     x, y = make_data(sites, outputs, batch)
     phi, y = poly(jnp.asarray(x), d), jnp.asarray(y)  # embedded once, as for TensorKrowch
@@ -113,7 +126,7 @@ def ours_step(sites, d, chi, outputs, batch, method, lr=1e-3):
         z, _ = mps.contract(p, phi, method=method)
         return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
 
-    return adam_runner(loss, params, phi, y, lr)
+    return adam_runner(loss, params, phi, y, lr, mesh)
 
 
 def ours_forward_backward(sites, d, chi, outputs, batch, method):
@@ -290,7 +303,15 @@ def bench_shape(shape, args, methods, notes):
     row = {"sites": sites, "d": d, "chi": chi, "outputs": outputs, "batch": batch,
            "auto_method": auto, "load_avg_before": load_avg(), "timing": {}}
     sps = {}
-    todo = [(f"ours[{m}]", lambda m=m: ours_step(*shape, method=m)) for m in methods]
+    mesh = data_mesh()
+    n_dev = mesh.devices.size if batch % mesh.devices.size == 0 else 1
+    row["devices"] = n_dev
+    # "ours[m]": data-parallel over every device (with runtime.cpu_devices = cores, what distill's
+    # training loop does on a CPU); "ours[m, 1 device]": the same step on one device
+    todo = [(f"ours[{m}]", lambda m=m: ours_step(*shape, method=m, mesh=mesh if n_dev > 1 else None))
+            for m in methods]
+    if n_dev > 1:
+        todo.append((f"ours[{auto}, 1 device]", lambda: ours_step(*shape, method=auto)))
     if "tensorkrowch" not in args.skip:
         if (why := peer_available("tensorkrowch")) is None:
             todo.append(("tensorkrowch", lambda: tensorkrowch_step(*shape, args.threads)))
@@ -325,6 +346,8 @@ def bench_shape(shape, args, methods, notes):
     row["samples_per_s_tensorkrowch"] = tk
     row["samples_per_s_tensornetwork"] = sps.get("tensornetwork")
     row["speedup_vs_tensorkrowch"] = ours / tk if (ours and tk) else None
+    one = sps.get(f"ours[{auto}, 1 device]", ours if n_dev == 1 else None)
+    row["speedup_vs_tensorkrowch_one_device"] = one / tk if (one and tk) else None
     tnv = sps.get("tensornetwork")
     row["speedup_vs_tensornetwork"] = ours / tnv if (ours and tnv) else None
     row["load_avg_after"] = load_avg()
@@ -476,6 +499,9 @@ def main(argv=None) -> int:
                     help="skip TensorNetwork above this many core parameters (sites·d·χ²): "
                     "its unrolled ncon graph compiles for minutes")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for TensorKrowch")
+    ap.add_argument("--cpu-devices", type=int, default=os.cpu_count(),
+                    help="CPU devices JAX exposes (distill's runtime.cpu_devices); our step runs "
+                    "data-parallel over all devices and is also timed on one")
     ap.add_argument("--json", default="bench_results/bench_contraction.json",
                     help="where to write the JSON results (folder is created)")
     ap.add_argument("--scaling", action="store_true",
@@ -501,9 +527,12 @@ def main(argv=None) -> int:
     args.scaling_series = {s.strip() for s in args.scaling_series.split(",") if s.strip()}
     if not args.scaling_series <= {"scan", "tree"}:
         ap.error(f"--scaling-series takes scan and/or tree, got {sorted(args.scaling_series)}")
+    if args.cpu_devices < 1:
+        ap.error(f"--cpu-devices must be ≥ 1, got {args.cpu_devices}")
+    use_cpu_devices(args.cpu_devices)  # before the first JAX computation
 
     env = {"jax_version": jax.__version__, "backend": jax.default_backend(),
-           "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
+           "device": str(jax.devices()[0]), "devices": len(jax.devices()), "cpu_count": os.cpu_count(),
            "platform": platform.platform(), "load_avg_start": load_avg()}
     print(f"jax {jax.__version__}, backend {env['backend']}, cpus {env['cpu_count']}, "
           f"load {env['load_avg_start']}")

@@ -199,3 +199,70 @@ def test_planned_contraction_equals_contract(batch, method):
     z_ref, log_ref = mps.contract(params, phi, method="scan")
     np.testing.assert_allclose(z, z_ref, rtol=2e-5, atol=2e-6)
     np.testing.assert_allclose(log_norm, log_ref, rtol=2e-5, atol=2e-5)
+
+
+_SHARDED = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from distill.train.sharding import use_cpu_devices
+use_cpu_devices(2)  # before any JAX work: this process sees two CPU devices
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from distill.tn import mps, mps_sweep
+from distill.tn.feature_maps import trig
+from test_mps import random_params, uniform
+from test_mps_sweep import loss_fn
+jax.config.update("jax_enable_x64", True)
+mesh = Mesh(np.asarray(jax.devices()), ("data",))
+out = {{"devices": len(jax.devices())}}
+# balanced halves, a far-off output core (the excess lane), merged sites; an odd batch stays whole
+for n, d, chi, m, k, per_step, batch in [(12, 2, 3, 2, 6, 1, 6), (11, 3, 2, 3, 2, 1, 4), (12, 2, 3, 2, 6, 2, 4),
+                                         (9, 2, 3, 2, 4, 1, 5)]:
+    params = random_params(n, n, d, chi, m, k, dtype=jnp.float64)
+    phi = trig(uniform(5, (batch, n), jnp.float64), d)
+    y = jnp.arange(batch) % m
+    ref = loss_fn("scan", y, sites_per_step=per_step)(params, phi)
+    with jax.set_mesh(mesh):
+        split = mps_sweep._batch_axes(batch)
+        f = jax.jit(lambda p, x, t: loss_fn("scan", t, sites_per_step=per_step)(p, x))
+        rows = NamedSharding(mesh, P("data") if batch % 2 == 0 else P())
+        got = f(jax.device_put(params, NamedSharding(mesh, P())), jax.device_put(phi, rows), jax.device_put(y, rows))
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)))
+    scale = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(ref))
+    out[f"{{n}},{{k}},{{per_step}},{{batch}}"] = {{"split": split, "rel": diff / scale}}
+print(json.dumps(out))
+"""
+
+
+def test_sweep_splits_the_batch_over_a_device_mesh_with_equal_values_and_gradients():
+    """Under a two-device mesh (`jax.set_mesh`) the fused sweep runs on each device's slice of the
+    batch and sums ∂W once: loss and gradients (cores and φ) equal the one-device sweep in float64;
+    a batch that does not split evenly is swept whole."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parent)
+    env = {**__import__("os").environ, "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(Path(tests).parent) + ":" + tests}
+    res = subprocess.run([sys.executable, "-c", _SHARDED.format(tests=tests)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out.pop("devices") == 2
+    assert [v["split"] for v in out.values()] == [["data"], ["data"], ["data"], None]
+    for case, v in out.items():
+        assert v["rel"] < 1e-12, case
+
+
+def test_cpu_devices_after_jax_started_is_one_line():
+    from distill.errors import DistillError
+    from distill.train.sharding import use_cpu_devices
+
+    jax.devices()
+    use_cpu_devices(None)
+    use_cpu_devices(len(jax.devices("cpu")))  # what it already has: nothing to do
+    with pytest.raises(DistillError, match=r"runtime.cpu_devices = 7 cannot take effect: JAX already started "
+                                           r"with 1 CPU device"):
+        use_cpu_devices(7)

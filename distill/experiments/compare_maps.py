@@ -80,6 +80,7 @@ from distill.tn.feature_maps import (
 )
 from distill.tn.pairing import PAIRINGS, make_partners
 from distill.train.checkpoint import RunInterrupted, stop_on_signals
+from distill.train.sharding import use_cpu_devices
 
 __all__ = ["MapSpec", "parse_maps", "choose_bond_dims", "compare_maps", "check_map",
            "format_validity", "console_table", "METRICS", "SIGNIFICANCE_RULE"]
@@ -376,6 +377,7 @@ def compare_maps(cfg: Config, out: str | Path | None = None, progress: bool = Tr
     t0 = time.perf_counter()
     _check_variant(cfg)
     checks.check_config(cfg)
+    use_cpu_devices(cfg.runtime.cpu_devices)
     specs = parse_maps(cfg)
     refuse_duplicates(specs, cfg)
     mirror = cfg.student.family == "mps_layers"

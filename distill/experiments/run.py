@@ -36,6 +36,7 @@ from distill.experiments.folder import RunFolder, default_run_dir, leftovers
 from distill.nn import param_count
 from distill.students.store import save_student, student_spec
 from distill.train.checkpoint import Checkpointing, RunInterrupted, stop_on_signals
+from distill.train.sharding import use_cpu_devices
 
 __all__ = ["run", "resume", "train_teacher", "say"]
 
@@ -100,6 +101,7 @@ def run(cfg: Config, out: str | Path | None = None, progress: bool = True, *, te
     `resume(out)` continues it)."""
     t0 = time.perf_counter()
     checks.check_config(cfg)
+    use_cpu_devices(cfg.runtime.cpu_devices)
     final = Path(out) if out is not None else default_run_dir(cfg.name)
     folder = _folder or RunFolder.start(final)
     if _folder is None:
@@ -229,6 +231,7 @@ def train_teacher(cfg: Config, out: str | Path | None = None, progress: bool = T
     t0 = time.perf_counter()
     if cfg.teacher.checkpoint is not None:
         raise DistillError("`distill teacher` trains a new teacher; remove teacher.checkpoint from the config")
+    use_cpu_devices(cfg.runtime.cpu_devices)
     final = Path(out) if out is not None else default_run_dir(cfg.name, "-teacher")
     folder = RunFolder.start(final)
     config_yaml = dump_yaml(cfg)

@@ -76,6 +76,7 @@ from distill.options import check_field, plain, suggest
 from distill.students.budget import match_budget
 from distill.students.mirror import build_mirror, layer_params, replaced_compression
 from distill.train.checkpoint import RunInterrupted, stop_on_signals
+from distill.train.sharding import use_cpu_devices
 
 __all__ = [
     "BASELINES",
@@ -270,6 +271,7 @@ def sweep(cfg: Config, out: str | Path | None = None, progress: bool = True, *,
     SIGTERM / SIGINT (the staging folder is kept for `--resume`)."""
     t0 = time.perf_counter()
     entries = parse_entries(cfg)
+    use_cpu_devices(cfg.runtime.cpu_devices)
     final = Path(out) if out is not None else default_run_dir(cfg.name, "-sweep")
     folder = RunFolder.resume(final) if resume else RunFolder.start(final)
     config_yaml = dump_yaml(cfg)

@@ -23,11 +23,16 @@ cotangent g of the running vector and, per step,
 
     ū = (g − v'·(v'·g − ℓ̄)) / |u|        through the normalisation (ℓ̄: cotangent of Σ log |u|)
     g ← Wᵀ · (φ ⊗ ū)                      (χ_in, D·χ_out) × (D·χ_out, B), one GEMM
-    ∂W = ū · (φ ⊗ v)ᵀ                     (χ_out, B) × (B, D·χ_in), one GEMM
+    ∂W = ū · (φ ⊗ v)ᵀ                     (χ_out, B) × (B, D·χ_in), one GEMM (φ ⊗ v formed
+                                          batch-major, so both operands are in GEMM order)
 
 and the gradient of φ (only when φ is differentiated, e.g. a learned feature map) once after
 the sweep. A step whose |u| is exactly 0 (a zero feature vector) has 1/|u| := 0: the vector
 stays 0 and every gradient of that sample is 0, never NaN.
+
+Devices: under a device mesh (`jax.set_mesh`, as distill's training loop sets it) the sweep
+splits the batch over the mesh (`jax.shard_map`): every device sweeps its own samples forward
+and back and ∂W is summed over devices once, after the reverse sweep.
 
 Einsum letters: s step · g lane · b batch · o / i bond out / in of a step · p / D physical
 (merged) · k the flattened (D, χ_in) GEMM dimension.
@@ -63,6 +68,12 @@ def _outer(phi: Array, v: Array) -> Array:
     return jnp.reshape(phi[:, :, None, :] * v[:, None, :, :], (g, d * v.shape[1], b))
 
 
+def _outer_batch_major(phi: Array, v: Array) -> Array:
+    """phi (G, D, B), v (G, χ, B) → φ ⊗ v laid out (G, B, D·χ), column index (D, χ) with D slowest."""
+    g, d, b = phi.shape
+    return jnp.reshape(jnp.einsum("gpb,gib->gbpi", phi, v), (g, b, d * v.shape[1]))
+
+
 def _step(v: Array, w: Array, phi: Array) -> tuple[Array, Array]:
     """v (G, χi, B), w (G, χo, D·χi), phi (G, D, B) → (unit v' (G, χo, B), 1/|u| (G, B))."""
     u = jnp.einsum("gok,gkb->gob", w, _outer(phi, v))
@@ -92,6 +103,32 @@ def _forward_with_residuals(v0, w, phi, unroll):
     return v, v_in, inv
 
 
+def _batch_axes(batch: int) -> tuple[str, ...] | None:
+    """The axes of the mesh in context (`jax.set_mesh`) to split the batch over, or None.
+
+    A sweep is independent per sample except for ∂W (a sum over the batch): under a device
+    mesh each device sweeps its own slice of the batch and ∂W is summed once after the reverse
+    sweep. Left to XLA's automatic partitioning, the per-step ∂W contraction over the sharded
+    batch becomes one all-reduce per step (1.6× slower on two CPU devices than one device).
+    None without a mesh, on a single device, or when the batch does not split evenly.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1 or batch % mesh.size:
+        return None
+    return tuple(mesh.axis_names)
+
+
+def _sharded(fn, in_specs, out_specs):
+    """`fn` on each device's block (the mesh in context); the specs say which axes are split.
+    check_vma off: the scans' carries start replicated and become per-device."""
+    return jax.shard_map(fn, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+
+def _fwd_local(v0, w, phi, unroll):
+    v, v_in, inv = _forward_with_residuals(v0, w, phi, unroll)
+    return v, jnp.sum(log_from_inv(inv), axis=0), v_in, inv
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def sweep(v0: Array, w: Array, phi: Array, unroll: int = 1) -> tuple[Array, Array]:
     """Renormalised sweep of G lanes through S steps, with a hand-written backward pass.
@@ -99,15 +136,30 @@ def sweep(v0: Array, w: Array, phi: Array, unroll: int = 1) -> tuple[Array, Arra
     v0 (G, χ, B) start vectors (unit norm or 0); w (S, G, χ, D·χ) the steps' matrices,
     w[s, g, o, (D, i)] = A[D, i, o]; phi (S, G, D, B) the steps' (merged) feature vectors →
     (v (G, χ, B) the final unit vectors, logs (G, B) = Σ_s log |u_s|, 0 for zero steps).
+    Under a device mesh (`jax.set_mesh`) the batch is split over its devices (`_batch_axes`).
     """
-    return sweep_forward(v0, w, phi, unroll)
+    axes = _batch_axes(v0.shape[-1])
+    if axes is None:
+        return sweep_forward(v0, w, phi, unroll)
+    P = jax.sharding.PartitionSpec
+    return _sharded(lambda a, b, c: sweep_forward(a, b, c, unroll),
+                    (P(None, None, axes), P(), P(None, None, None, axes)),
+                    (P(None, None, axes), P(None, axes)))(v0, w, phi)
 
 
 def _sweep_fwd(v0, w, phi, unroll):
     need_phi = phi.perturbed
     v0, w, phi = v0.value, w.value, phi.value
-    v, v_in, inv = _forward_with_residuals(v0, w, phi, unroll)
-    logs = jnp.sum(log_from_inv(inv), axis=0)
+    axes = _batch_axes(v0.shape[-1])
+    if axes is None:
+        v, logs, v_in, inv = _fwd_local(v0, w, phi, unroll)
+    else:
+        P = jax.sharding.PartitionSpec
+        v, logs, v_in, inv = _sharded(
+            lambda a, b, c: _fwd_local(a, b, c, unroll),
+            (P(None, None, axes), P(), P(None, None, None, axes)),
+            (P(None, None, axes), P(None, axes), P(None, None, None, axes), P(None, None, axes)),
+        )(v0, w, phi)
     # the last field is a static marker (None = φ not differentiated: skip its gradient)
     return (v, logs), (w, phi, v_in, inv, v, () if need_phi else None)
 
@@ -119,6 +171,20 @@ def _sweep_bwd(unroll, res, cts):
         g_v = jnp.zeros_like(v_last)
     if isinstance(g_log, jax.custom_derivatives.SymbolicZero):
         g_log = jnp.zeros(inv.shape[1:], inv.dtype)
+    axes = _batch_axes(v_last.shape[-1])
+    if axes is None:
+        return _bwd_local(w, phi, v_in, inv, v_last, g_v, g_log, need_phi is not None, unroll, None)
+    P = jax.sharding.PartitionSpec
+    return _sharded(
+        lambda *a: _bwd_local(*a, need_phi is not None, unroll, axes),
+        (P(), P(None, None, None, axes), P(None, None, None, axes), P(None, None, axes),
+         P(None, None, axes), P(None, None, axes), P(None, axes)),
+        (P(None, None, axes), P(), P(None, None, None, axes)),
+    )(w, phi, v_in, inv, v_last, g_v, g_log)
+
+
+def _bwd_local(w, phi, v_in, inv, v_last, g_v, g_log, need_phi, unroll, axes):
+    """The reverse sweep on this device's samples; ∂W summed over `axes` (None: one device)."""
     s, g, co, k = w.shape
     d = phi.shape[2]
     ci = k // d
@@ -133,14 +199,16 @@ def _sweep_bwd(unroll, res, cts):
         a = jnp.sum(v_out * gv, axis=1)
         u_bar = (gv - v_out * (a - g_log)[:, None, :]) * inv_s[:, None, :]
         g_in = jnp.einsum("gik,gkb->gib", wt_s, _outer(phi_s, u_bar))
-        g_w = jnp.einsum("gkb,gob->gok", _outer(phi_s, v_s), u_bar)
-        out = (g_w, u_bar) if need_phi is not None else g_w
+        # ū · (φ ⊗ v)ᵀ with the outer product laid out batch-major: an ordinary (NN) GEMM,
+        # 2.7× faster on XLA:CPU than contracting two batch-minor operands (NT)
+        g_w = jnp.einsum("gob,gbk->gok", u_bar, _outer_batch_major(phi_s, v_s))
+        out = (g_w, u_bar) if need_phi else g_w
         return (g_in, v_s), out
 
     (g_v0, _), out = jax.lax.scan(
         body, (g_v, v_last), (wt, phi, v_in, inv), reverse=True, unroll=unroll
     )
-    if need_phi is not None:
+    if need_phi:
         g_w, u_bar = out
         # ∂φ[s, g, D, b] = Σ_{o,i} ū[o, b] A[D, i, o] v[i, b]
         g_phi = jnp.einsum(
@@ -148,6 +216,8 @@ def _sweep_bwd(unroll, res, cts):
         )
     else:
         g_w, g_phi = out, jnp.zeros_like(phi)
+    if axes is not None:
+        g_w = jax.lax.psum(g_w, axes)
     return g_v0, g_w, g_phi
 
 

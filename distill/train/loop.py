@@ -154,8 +154,9 @@ def fit(model: nnx.Module, loss: Callable[[jax.Array, dict], jax.Array], x: np.n
             for i in range(first, steps):
                 idx = order[i]
                 data = shard_batch({"x": x[idx], **{k: v[idx] for k, v in targets.items()}}, mesh)
-                state, metrics = train_step(state, data, teacher_state, graphdef=graphdef, loss=loss, tx=tx,
-                                            schedule=schedule, feed=feed, ema=settings.ema)
+                with jax.set_mesh(mesh):  # kernels that split the batch themselves see the mesh (mps_sweep)
+                    state, metrics = train_step(state, data, teacher_state, graphdef=graphdef, loss=loss, tx=tx,
+                                                schedule=schedule, feed=feed, ema=settings.ema)
                 sums = {k: sums[k] + metrics[k] for k in METRICS}
                 bar.update(1)
                 reason = stop_requested()

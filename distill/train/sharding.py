@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from distill.errors import DistillError
 
-__all__ = ["data_mesh", "replicate", "shard_batch", "initialize_distributed", "check_batch_size"]
+__all__ = ["data_mesh", "replicate", "shard_batch", "initialize_distributed", "check_batch_size", "use_cpu_devices"]
 
 DATA_AXIS = "data"
 
@@ -43,6 +43,27 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
         raise DistillError(f"could not join the multi-process run at {coordinator!r} as process {process_id} of "
                            f"{num_processes} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
                            "check the coordinator address and that every process uses the same count") from None
+
+
+def use_cpu_devices(n: int | None) -> None:
+    """Expose `n` CPU devices to JAX in this process (None: leave JAX's default, one).
+
+    On a CPU, JAX runs one device's program on one thread, and an MPS contraction's small
+    per-site operations do not use XLA's intra-op threads: with n devices (e.g. one per core)
+    the data-parallel mesh gives each core its own slice of every batch (docs/bench/speed_ii.md).
+    Must happen before the first JAX computation of the process (JAX's jax_num_cpu_devices).
+    Raises: DistillError when JAX already started with another number of CPU devices.
+    """
+    if n is None:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # the backend is up: fine if it already has n CPU devices
+        have = len(jax.devices("cpu"))
+        if have != n:
+            raise DistillError(f"runtime.cpu_devices = {n} cannot take effect: JAX already started with {have} CPU "
+                               "device(s) in this process; set it before any JAX work (a fresh process), or leave "
+                               "it null") from None
 
 
 def data_mesh(n_devices: int | None = None) -> Mesh:
