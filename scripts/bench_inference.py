@@ -11,7 +11,9 @@ Builds, with random weights of the right shapes (latency does not depend on trai
 
 Each model is one jitted function of (state, x); it is compiled and warmed up first, then the
 models are timed interleaved (round robin, one call each per round) for `--rounds` rounds at
-each batch size, so that machine load hits all of them alike. Reports the median and the
+each batch size, so that machine load hits all of them alike. With --cpu-devices N > 1 every
+model is also timed with its batch split over the N devices ("name[N devices]"), and each
+student's faster path is compared with the teacher's faster path. Reports the median and the
 10th percentile per call, the ratio student / teacher, and `os.getloadavg()` before and after.
 Writes JSON.
 
@@ -38,10 +40,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 from distill.nn import MPS, TTLinear  # noqa: E402
 from distill.tn import mps as mps_lib  # noqa: E402
 from distill.tn import tt as tt_lib  # noqa: E402
+from distill.train.sharding import use_cpu_devices  # noqa: E402
 
 
 def load_avg() -> list[float]:
@@ -147,6 +151,18 @@ def time_interleaved(fns: dict, x, rounds: int) -> dict:
     return out
 
 
+def split_over(mesh, f):
+    """f with its input's rows split over the mesh's devices and the mesh in context (the
+    sweep then splits itself, `tn.mps_sweep`); the state is replicated on first use."""
+    rows = NamedSharding(mesh, PartitionSpec("data"))
+
+    def run(x):
+        with jax.set_mesh(mesh):
+            return f(jax.device_put(x, rows))
+
+    return run
+
+
 def bench(args) -> dict:
     names = ["teacher"] + [s for s in args.students.split(",") if s]
     models = build(names, mps_contraction=args.mps_contraction, tt_method=args.tt_method)
@@ -172,15 +188,26 @@ def bench(args) -> dict:
             fns["tt_planned"] = jitted(models["tt"], plans)
             print(f"  batch {batch}: planned TT layers {[p.method for p in plans]}", flush=True)
         x = jnp.asarray(rng.uniform(size=(batch, 784)), jnp.float32)
+        timed = dict(fns)
+        n_dev = len(jax.devices())
+        if n_dev > 1 and batch % n_dev == 0:  # also as `predict` runs it with several devices
+            mesh = Mesh(np.asarray(jax.devices()), ("data",))
+            timed.update({f"{n}[{n_dev} devices]": split_over(mesh, f) for n, f in fns.items()})
         load_before = load_avg()
-        t = time_interleaved(fns, x, args.rounds)
+        t = time_interleaved(timed, x, args.rounds)
         row = {"batch": batch, "load_avg_before": load_before, "load_avg_after": load_avg(),
                "timing": t}
         for n in names[1:]:
             row[f"{n}_over_teacher_median"] = t[n]["median_ms"] / t["teacher"]["median_ms"]
             row[f"{n}_over_teacher_p10"] = t[n]["p10_ms"] / t["teacher"]["p10_ms"]
+        if len(timed) > len(fns):  # each model on its faster path, against the teacher's faster
+            best = {n: min((v for k, v in t.items() if k.split("[")[0] == n), key=lambda v: v["median_ms"])
+                    for n in names}
+            for n in names[1:]:
+                row[f"{n}_best_over_teacher_best_median"] = best[n]["median_ms"] / best["teacher"]["median_ms"]
+                row[f"{n}_best_over_teacher_best_p10"] = best[n]["p10_ms"] / best["teacher"]["p10_ms"]
         rows.append(row)
-        cells = "  ".join(f"{n} {t[n]['median_ms']:.3f} ms (p10 {t[n]['p10_ms']:.3f})" for n in names)
+        cells = "  ".join(f"{n} {t[n]['median_ms']:.3f} ms (p10 {t[n]['p10_ms']:.3f})" for n in t)
         ratios = "  ".join(f"{n}/teacher {row[f'{n}_over_teacher_median']:.2f}" for n in names[1:])
         print(f"batch {batch:4d}: {cells}  |  {ratios}  load {load_before}", flush=True)
     return {"params": params, "results": rows}
@@ -191,6 +218,7 @@ def across_processes(args) -> list:
     out = []
     for i in range(args.processes):
         cmd = [sys.executable, __file__, "--rounds", str(args.rounds), "--students", args.students,
+               "--cpu-devices", str(args.cpu_devices),
                "--batch", ",".join(map(str, args.batch)), "--json", f"/tmp/_bench_inf_{os.getpid()}_{i}.json"]
         if args.tt_method:
             cmd += ["--tt-method", args.tt_method]
@@ -214,8 +242,14 @@ def main(argv=None) -> int:
     ap.add_argument("--tt-method", default=None, help="force tn.tt.tt_matvec's method")
     ap.add_argument("--processes", type=int, default=0,
                     help="also repeat the timing in this many fresh processes")
+    ap.add_argument("--cpu-devices", type=int, default=1,
+                    help="CPU devices JAX exposes (runtime.cpu_devices); above 1, every model is "
+                    "also timed with its batch split over them")
     ap.add_argument("--json", default="bench_results/bench_inference.json")
     args = ap.parse_args(argv)
+    if args.cpu_devices < 1:
+        ap.error(f"--cpu-devices must be ≥ 1, got {args.cpu_devices}")
+    use_cpu_devices(args.cpu_devices)  # before the first JAX computation
     env = {"jax_version": jax.__version__, "backend": jax.default_backend(),
            "cpu_count": os.cpu_count(), "platform": platform.platform(),
            "load_avg_start": load_avg()}
