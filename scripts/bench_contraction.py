@@ -5,12 +5,14 @@ cross-entropy) on a batch. Every system is warmed up (compile / trace) first, th
 up to `--steps` steps or `--budget-s` seconds (at least `--min-steps`); the median step time
 gives samples/s. Systems:
 
-  ours[scan|tree|chunked]  distill.tn.mps.contract(method=...) under one jitted optax step,
-                           data-parallel over --cpu-devices CPU devices (default: one per
-                           core, as distill's training loop with runtime.cpu_devices) when
-                           the batch splits evenly; "ours" is the method
-                           `contract(method=None)` picks here
-  ours[M, 1 device]        the same step for that method on one device
+  ours[M, N devices]       distill.tn.mps.contract(method=M) under one jitted optax step,
+                           data-parallel over the N = --cpu-devices CPU devices (default: one
+                           per core, as distill's training loop with runtime.cpu_devices)
+                           when the batch splits evenly (else ours[M], one device); "ours"
+                           (samples_per_s_ours, speedup_vs_*) is the method
+                           `contract(method=None)` picks here, run that way
+  ours[M, 1 device]        the same step for the picked method on one device
+                           (speedup_vs_tensorkrowch_one_device)
   tensorkrowch             tk.models.MPSLayer(n_features=sites+1, in_dim=d, out_dim=outputs,
                            bond_dim=chi), tk.embeddings.poly, auto_stack=True,
                            auto_unbind=False, model.trace(example) first, torch.optim.Adam,
@@ -65,8 +67,11 @@ def load_avg() -> list[float]:
 
 
 def time_steps(step, *, steps, min_steps, budget_s):
-    """Warm up once (compiles / traces), then time up to `steps` calls within `budget_s`."""
+    """Warm up (compiles / traces), then time up to `steps` calls within `budget_s`. Two warm-up
+    calls: a data-parallel step's outputs come back with the shardings XLA chose, and the
+    second call compiles once more for those (2 s at a small shape)."""
     t0 = time.perf_counter()
+    step()
     step()
     warmup_s = time.perf_counter() - t0
     times = []
@@ -308,7 +313,10 @@ def bench_shape(shape, args, methods, notes):
     row["devices"] = n_dev
     # "ours[m]": data-parallel over every device (with runtime.cpu_devices = cores, what distill's
     # training loop does on a CPU); "ours[m, 1 device]": the same step on one device
-    todo = [(f"ours[{m}]", lambda m=m: ours_step(*shape, method=m, mesh=mesh if n_dev > 1 else None))
+    split = f", {n_dev} devices" if n_dev > 1 else ""
+    if n_dev == 1 and mesh.devices.size > 1:
+        notes.add(f"batch {batch} does not split over {mesh.devices.size} devices: ours on one device")
+    todo = [(f"ours[{m}{split}]", lambda m=m: ours_step(*shape, method=m, mesh=mesh if n_dev > 1 else None))
             for m in methods]
     if n_dev > 1:
         todo.append((f"ours[{auto}, 1 device]", lambda: ours_step(*shape, method=auto)))
@@ -340,7 +348,7 @@ def bench_shape(shape, args, methods, notes):
         sps[name] = batch / t["median_s"]
         print(f" {sps[name]:,.0f} samples/s ({t['steps']} steps, warm-up {t['warmup_s']:.1f}s)")
     row["samples_per_s"] = {k: round(v, 1) for k, v in sps.items()}
-    row["samples_per_s_ours"] = sps.get(f"ours[{auto}]")
+    row["samples_per_s_ours"] = sps.get(f"ours[{auto}{split}]")
     tk = sps.get("tensorkrowch")
     ours = row["samples_per_s_ours"]
     row["samples_per_s_tensorkrowch"] = tk

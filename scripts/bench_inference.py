@@ -235,7 +235,8 @@ def across_processes(args) -> list:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--batch", type=lambda s: [int(v) for v in s.split(",")], default=[1, 256])
+    ap.add_argument("--batch", type=lambda s: [int(v) for v in s.split(",")], default=[1, 256],
+                    help="comma list of batch sizes to time")
     ap.add_argument("--rounds", type=int, default=200, help="interleaved calls per model and batch")
     ap.add_argument("--students", default="mps,tt", help="comma list of mps,tt")
     ap.add_argument("--mps-contraction", default=None, help="force tn.mps.contract's method")
@@ -245,7 +246,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-devices", type=int, default=1,
                     help="CPU devices JAX exposes (runtime.cpu_devices); above 1, every model is "
                     "also timed with its batch split over them")
-    ap.add_argument("--json", default="bench_results/bench_inference.json")
+    ap.add_argument("--json", default="bench_results/bench_inference.json", help="where to write the JSON results")
     args = ap.parse_args(argv)
     if args.cpu_devices < 1:
         ap.error(f"--cpu-devices must be ≥ 1, got {args.cpu_devices}")

@@ -8,6 +8,7 @@ differentiated.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -112,6 +113,9 @@ def fit(model: nnx.Module, loss: Callable[[jax.Array, dict], jax.Array], x: np.n
     if batch < 1:
         raise DistillError(f"{desc}: {n} training examples cannot fill one batch on {n_dev} devices; "
                            "use more data or fewer devices (runtime.devices)")
+    if batch != min(settings.batch_size, n) and progress and jax.process_index() == 0:
+        print(f"distill: {desc}: batch size {min(settings.batch_size, n)} → {batch}, a multiple of the {n_dev} "
+              "devices it is split over", file=sys.stderr, flush=True)
     check_batch_size(batch, mesh, "the batch size")
     steps = n // batch
     tx, schedule = make_optimizer(settings, steps)
