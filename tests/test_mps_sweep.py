@@ -266,3 +266,19 @@ def test_cpu_devices_after_jax_started_is_one_line():
     with pytest.raises(DistillError, match=r"runtime.cpu_devices = 7 cannot take effect: JAX already started "
                                            r"with 1 CPU device"):
         use_cpu_devices(7)
+
+
+def test_runtime_cpu_devices_is_applied_before_the_run_starts(tmp_path):
+    """`runtime.cpu_devices` reaches the pipeline: in this process JAX already runs with one CPU
+    device, so asking for two is refused in one line before anything trains or is written."""
+    from distill.config import from_dict
+    from distill.errors import DistillError
+    from distill.experiments import run as pipeline
+
+    assert len(jax.devices("cpu")) == 1  # starts JAX here with its default, whatever ran before
+    cfg = from_dict({"runtime": {"cpu_devices": 2}, "teacher": {"epochs": 1}, "distill": {"epochs": 1}})
+    with pytest.raises(DistillError, match="runtime.cpu_devices = 2 cannot take effect"):
+        pipeline.run(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(DistillError, match="runtime.cpu_devices = 2 cannot take effect"):
+        pipeline.train_teacher(cfg, tmp_path / "teacher", progress=False)
+    assert list(tmp_path.iterdir()) == []
