@@ -257,4 +257,3 @@ def test_two_processes_on_localhost_equal_one_process_with_two_devices(tmp_path)
                                                                         rel=1e-6)
     assert multi["student"]["accuracy"] == pytest.approx(one["student"]["accuracy"], abs=1e-9)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multi", "single"]  # no staging left
-

@@ -118,10 +118,15 @@ def _batch_axes(batch: int) -> tuple[str, ...] | None:
     return tuple(mesh.axis_names)
 
 
-def _sharded(fn, in_specs, out_specs):
-    """`fn` on each device's block (the mesh in context); the specs say which axes are split.
-    check_vma off: the scans' carries start replicated and become per-device."""
-    return jax.shard_map(fn, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+def _sharded(fn, axes, in_kinds, out_kinds):
+    """`fn` on each device's block of the batch (the mesh in context). Each argument and result
+    is named by its layout: "whole" (replicated: W, ∂W), "vec" (G, χ, B) / "lane" (G, B) /
+    "steps" (S, G, ·, B), the last split over `axes`. check_vma off: the scans' carries start
+    replicated and become per-device."""
+    P = jax.sharding.PartitionSpec
+    spec = {"whole": P(), "lane": P(None, axes), "vec": P(None, None, axes), "steps": P(None, None, None, axes)}
+    return jax.shard_map(fn, in_specs=tuple(spec[k] for k in in_kinds),
+                         out_specs=tuple(spec[k] for k in out_kinds), check_vma=False)
 
 
 def _fwd_local(v0, w, phi, unroll):
@@ -141,10 +146,8 @@ def sweep(v0: Array, w: Array, phi: Array, unroll: int = 1) -> tuple[Array, Arra
     axes = _batch_axes(v0.shape[-1])
     if axes is None:
         return sweep_forward(v0, w, phi, unroll)
-    P = jax.sharding.PartitionSpec
-    return _sharded(lambda a, b, c: sweep_forward(a, b, c, unroll),
-                    (P(None, None, axes), P(), P(None, None, None, axes)),
-                    (P(None, None, axes), P(None, axes)))(v0, w, phi)
+    return _sharded(lambda a, b, c: sweep_forward(a, b, c, unroll), axes,
+                    ("vec", "whole", "steps"), ("vec", "lane"))(v0, w, phi)
 
 
 def _sweep_fwd(v0, w, phi, unroll):
@@ -154,12 +157,8 @@ def _sweep_fwd(v0, w, phi, unroll):
     if axes is None:
         v, logs, v_in, inv = _fwd_local(v0, w, phi, unroll)
     else:
-        P = jax.sharding.PartitionSpec
-        v, logs, v_in, inv = _sharded(
-            lambda a, b, c: _fwd_local(a, b, c, unroll),
-            (P(None, None, axes), P(), P(None, None, None, axes)),
-            (P(None, None, axes), P(None, axes), P(None, None, None, axes), P(None, None, axes)),
-        )(v0, w, phi)
+        v, logs, v_in, inv = _sharded(lambda a, b, c: _fwd_local(a, b, c, unroll), axes,
+                                      ("vec", "whole", "steps"), ("vec", "lane", "steps", "vec"))(v0, w, phi)
     # the last field is a static marker (None = φ not differentiated: skip its gradient)
     return (v, logs), (w, phi, v_in, inv, v, () if need_phi else None)
 
@@ -174,13 +173,9 @@ def _sweep_bwd(unroll, res, cts):
     axes = _batch_axes(v_last.shape[-1])
     if axes is None:
         return _bwd_local(w, phi, v_in, inv, v_last, g_v, g_log, need_phi is not None, unroll, None)
-    P = jax.sharding.PartitionSpec
-    return _sharded(
-        lambda *a: _bwd_local(*a, need_phi is not None, unroll, axes),
-        (P(), P(None, None, None, axes), P(None, None, None, axes), P(None, None, axes),
-         P(None, None, axes), P(None, None, axes), P(None, axes)),
-        (P(None, None, axes), P(), P(None, None, None, axes)),
-    )(w, phi, v_in, inv, v_last, g_v, g_log)
+    return _sharded(lambda *a: _bwd_local(*a, need_phi is not None, unroll, axes), axes,
+                    ("whole", "steps", "steps", "vec", "vec", "vec", "lane"), ("vec", "whole", "steps"),
+                    )(w, phi, v_in, inv, v_last, g_v, g_log)
 
 
 def _bwd_local(w, phi, v_in, inv, v_last, g_v, g_log, need_phi, unroll, axes):

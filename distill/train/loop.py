@@ -108,13 +108,13 @@ def fit(model: nnx.Module, loss: Callable[[jax.Array, dict], jax.Array], x: np.n
     n = x.shape[0]
     mesh = data_mesh(devices)
     n_dev = mesh.devices.size
-    batch = min(settings.batch_size, n)
-    batch -= batch % n_dev
+    wanted = min(settings.batch_size, n)
+    batch = wanted - wanted % n_dev
     if batch < 1:
         raise DistillError(f"{desc}: {n} training examples cannot fill one batch on {n_dev} devices; "
                            "use more data or fewer devices (runtime.devices)")
-    if batch != min(settings.batch_size, n) and progress and jax.process_index() == 0:
-        print(f"distill: {desc}: batch size {min(settings.batch_size, n)} → {batch}, a multiple of the {n_dev} "
+    if batch != wanted and progress and jax.process_index() == 0:
+        print(f"distill: {desc}: batch size {wanted} → {batch}, a multiple of the {n_dev} "
               "devices it is split over", file=sys.stderr, flush=True)
     check_batch_size(batch, mesh, "the batch size")
     steps = n // batch
