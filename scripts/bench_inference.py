@@ -42,9 +42,8 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
-from distill.nn import MPS, TTLinear  # noqa: E402
-from distill.tn import mps as mps_lib  # noqa: E402
-from distill.tn import tt as tt_lib  # noqa: E402
+from distill.nn import MPS, TTLinear, inference_copy  # noqa: E402
+from distill.nn.common import stored_plan  # noqa: E402
 from distill.train.sharding import use_cpu_devices  # noqa: E402
 
 
@@ -74,14 +73,8 @@ class TTStudent(nnx.Module):
                            method=method, rngs=rngs)
         self.l3 = nnx.Linear(512, 10, rngs=rngs)
 
-    def __call__(self, x, plans=None):
-        if plans is None:
-            return self.l3(self.l2(self.l1(x)))
-        # what TTLinear.__call__(x, plan=...) would do: W's fixed products formed once
-        # (tn.tt.tt_plan), then only the per-call GEMMs
-        for layer, plan in zip((self.l1, self.l2), plans):
-            x = jax.nn.relu(tt_lib.tt_matvec_planned(plan, x) + layer.bias[...])
-        return self.l3(x)
+    def __call__(self, x):
+        return self.l3(self.l2(self.l1(x)))
 
 
 class MPSStudent(nnx.Module):
@@ -91,29 +84,22 @@ class MPSStudent(nnx.Module):
         self.mps = MPS(196, 10, bond_dim=chi, feature_map="trig", feature_dim=2,
                        contraction=contraction, rngs=rngs)
 
-    def __call__(self, x, plan=None):
+    def __call__(self, x):
         img = jnp.reshape(x, (x.shape[0], 14, 2, 14, 2))  # 2×2 blocks, summed elementwise
         pooled = 0.25 * (img[:, :, 0, :, 0] + img[:, :, 0, :, 1] + img[:, :, 1, :, 0] + img[:, :, 1, :, 1])
-        pooled = jnp.reshape(pooled, (x.shape[0], 196))
-        if plan is None:
-            return self.mps(pooled)
-        # what MPS.__call__(x, plan=...) would do: the precomputed core layout of
-        # tn.mps.plan_contraction instead of forming it on every call
-        z, _ = mps_lib.contract_planned(plan, self.mps.features(pooled))
-        return jnp.exp(self.mps.log_scale[...]) * z
+        return self.mps(jnp.reshape(pooled, (x.shape[0], 196)))
 
 
-def jitted(model, *extra):
-    """x → model(x, *extra), jitted; the state travels as a flat list of arrays (cheap
-    dispatch), `extra` (e.g. a ContractionPlan) as a pytree argument."""
+def jitted(model):
+    """x → model(x), jitted; the state travels as a flat list of arrays (cheap dispatch)."""
     graphdef, state = nnx.split(model)
     leaves, treedef = jax.tree.flatten(state)
 
     @jax.jit
-    def f(leaves, extra, x):
-        return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(x, *extra)
+    def f(leaves, x):
+        return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(x)
 
-    return lambda x: f(leaves, extra, x)
+    return lambda x: f(leaves, x)
 
 
 def build(names, seed=0, mps_contraction=None, tt_method=None):
@@ -176,17 +162,16 @@ def bench(args) -> dict:
     rows = []
     rng = np.random.default_rng(0)
     for batch in args.batch:
-        if "mps" in models:  # the plan (method + core layout) for this batch, formed once
-            plan = mps_lib.plan_contraction(models["mps"].mps.params, batch,
-                                            method=args.mps_contraction)
-            fns["mps_planned"] = jitted(models["mps"], plan)
-            print(f"  batch {batch}: planned MPS contraction {plan.method!r}, "
-                  f"{plan.sites_per_step} site(s) per step", flush=True)
-        if "tt" in models:
-            plans = tuple(tt_lib.tt_plan(layer.core_arrays, batch)
-                          for layer in (models["tt"].l1, models["tt"].l2))
-            fns["tt_planned"] = jitted(models["tt"], plans)
-            print(f"  batch {batch}: planned TT layers {[p.method for p in plans]}", flush=True)
+        # the students as `distill predict` runs them: `nn.inference_copy` (tn.mps.plan_contraction's
+        # core layouts, features formed in the sweep's layout; tn.tt.tt_plan's fixed products)
+        copies = {n: inference_copy(models[n], batch) for n in ("mps", "tt") if n in models}
+        fns.update({f"{n}_planned": jitted(c) for n, c in copies.items()})
+        if "mps" in copies:
+            _, method, sites = copies["mps"].mps.plan_static
+            print(f"  batch {batch}: planned MPS contraction {method!r}, {sites} site(s) per step", flush=True)
+        if "tt" in copies:
+            methods = [stored_plan(layer)[0].method for layer in (copies["tt"].l1, copies["tt"].l2)]
+            print(f"  batch {batch}: planned TT layers {methods}", flush=True)
         x = jnp.asarray(rng.uniform(size=(batch, 784)), jnp.float32)
         timed = dict(fns)
         n_dev = len(jax.devices())

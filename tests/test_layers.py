@@ -355,3 +355,30 @@ def test_unknown_feature_map_lists_names_and_suggests():
     assert "did you mean 'pair_product'?" in msg
     for name in ("trig", "poly", "fourier", "legendre", "learned", "pair_product"):
         assert name in msg
+
+
+@pytest.mark.parametrize("layer_kind", ["MPS", "MPSHidden"])
+@pytest.mark.parametrize("map_kwargs, local", [
+    ({"feature_map": "trig"}, True),
+    ({"feature_map": "legendre", "feature_dim": 3}, True),
+    ({"feature_map": "pair_product", "pairing": "random"}, False),
+    ({"feature_map": "learned"}, False),
+])
+def test_inference_copy_gives_the_layers_own_outputs(layer_kind, map_kwargs, local):
+    """`nn.inference_copy` (the planned contraction; for local maps the features formed in the
+    sweep's layout by `contract_planned_inputs`) changes nothing but the speed: same outputs as
+    the layer itself, site order permuted, at batch 1 and 5."""
+    from distill.nn import MPSHidden, inference_copy
+
+    n = 11
+    order = np.random.default_rng(2).permutation(n)
+    if layer_kind == "MPS":
+        layer = MPS(n, 3, bond_dim=3, init_std=0.3, site_order=order, rngs=nnx.Rngs(1), **map_kwargs)
+    else:
+        layer = MPSHidden(n, 4, bond_dim=3, site_order=order, activation="relu", rngs=nnx.Rngs(1), **map_kwargs)
+    assert (layer.site_features.local_map() is not None) == local
+    for batch in (1, 5):
+        x = jnp.asarray(np.random.default_rng(batch).uniform(size=(batch, n)), jnp.float32)
+        fast = inference_copy(layer, batch)
+        assert fast.plan_static is not None
+        np.testing.assert_allclose(fast(x), layer(x), rtol=2e-5, atol=2e-6)

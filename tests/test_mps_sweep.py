@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from distill.errors import DistillError
 from distill.tn import mps, mps_sweep
 from distill.tn.feature_maps import trig
 
@@ -201,6 +202,60 @@ def test_planned_contraction_equals_contract(batch, method):
     np.testing.assert_allclose(log_norm, log_ref, rtol=2e-5, atol=2e-5)
 
 
+def _pair_zero_at_0(x):
+    """A local map that vanishes at x = 0: φ(x) = [x, x²] (a zero feature vector at a site)."""
+    return jnp.stack([x, x * x], axis=-1)
+
+
+@pytest.mark.parametrize("n, d, chi, k, batch, method", [
+    (9, 2, 3, 4, 3, None),     # odd halves: identity-padded steps, two sites per step
+    (10, 2, 3, 1, 1, None),    # no left half: the right half alone (the excess lane)
+    (10, 2, 3, 9, 2, None),    # no right half
+    (10, 3, 2, 2, 2, None),    # d 3: one site per step, a long excess
+    (9, 2, 3, 4, 3, "tree"),   # other methods form φ and call contract_planned
+])
+def test_planned_inputs_equal_the_dense_contraction(n, d, chi, k, batch, method):
+    """contract_planned_inputs (features formed in the sweep's layout, sites reading a permuted
+    subset of the inputs) against the dense tensor contracted site by site, float64; log_norm
+    included."""
+    with jax.enable_x64(True):
+        params = random_params(n + k, n, d, chi, 3, k, dtype=jnp.float64)
+        x = uniform(n, (batch, n + 3), jnp.float64)
+        site_inputs = jnp.asarray(np.random.default_rng(k).permutation(n + 3)[:n])
+        fmap = functools.partial(trig, d=d)
+        plan = mps.plan_contraction(params, batch, method=method)
+        z, log_norm = mps.contract_planned_inputs(plan, fmap, x, site_inputs)
+        dense = mps.contract_dense(params, fmap(x[:, site_inputs]))
+        np.testing.assert_allclose(z * jnp.exp(log_norm)[:, None], dense, rtol=1e-10, atol=1e-14)
+        assert not np.allclose(z, mps.contract_planned(plan, fmap(x[:, :n]))[0], atol=1e-3)  # order used
+
+
+def test_planned_inputs_handle_zero_features_like_contract():
+    """A site whose feature vector is exactly 0 (x = 0 under [x, x²]): z = 0 and the same
+    log-norm as `contract`, no NaN; the other samples unaffected."""
+    n, d, chi = 9, 2, 3
+    params = random_params(3, n, d, chi, 2, 4)
+    x = np.asarray(uniform(4, (3, n))) + 0.1
+    x[1, 2] = 0.0  # left half
+    x[2, 7] = 0.0  # right half
+    plan = mps.plan_contraction(params, 3)
+    got = mps.contract_planned_inputs(plan, _pair_zero_at_0, jnp.asarray(x), jnp.arange(n))
+    ref = mps.contract(params, _pair_zero_at_0(jnp.asarray(x)), method="scan")
+    for a, b in zip(got, ref):
+        assert bool(jnp.all(jnp.isfinite(a)))
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(got[0][1:], 0.0)
+
+
+def test_planned_inputs_refuse_mismatched_shapes():
+    params = random_params(3, 9, 2, 3, 2, 4)
+    plan = mps.plan_contraction(params, 2)
+    with pytest.raises(DistillError, match="site_inputs"):
+        mps.contract_planned_inputs(plan, trig, jnp.zeros((2, 9)), jnp.arange(8))
+    with pytest.raises(DistillError, match="d = 3"):
+        mps.contract_planned_inputs(plan, functools.partial(trig, d=3), jnp.zeros((2, 9)), jnp.arange(9))
+
+
 _SHARDED = """
 import json, sys
 sys.path.insert(0, {tests!r})
@@ -208,6 +263,7 @@ from distill.train.sharding import use_cpu_devices
 use_cpu_devices(2)  # before any JAX work: this process sees two CPU devices
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from distill.errors import DistillError
 from distill.tn import mps, mps_sweep
 from distill.tn.feature_maps import trig
 from test_mps import random_params, uniform

@@ -223,6 +223,14 @@ class SiteFeatures(nnx.Module):
             return jnp.take(apply_pairwise(fn, x, self.partners[...]), order, axis=1)
         return fn(jnp.take(x, order, axis=1))
 
+    def local_map(self):
+        """The elementwise map x (...,) → (..., d) that every site applies to its own input, or
+        None (the learned map's weights, pairwise maps): what `tn.mps.contract_planned_inputs`
+        needs to form the features in the contraction's own layout. φ = local_map()(x[:, order])."""
+        if self.map_key is None or self.partners is not None:
+            return None
+        return _map_fn(*self.map_key)
+
     def identity_weights(self, dtype) -> np.ndarray | None:
         """Weights for `tn.mps.init_mps`: the combination of φ's components that best fits the
         constant 1 on [0, 1] (every site matrix then starts near a positive multiple of I).

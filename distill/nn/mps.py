@@ -21,16 +21,22 @@ from distill.tn import tt as tt_lib
 __all__ = ["MPS", "MPSHidden", "InputScale"]
 
 
-def _contract(module: nnx.Module, params: mps_lib.MPSParams, phi: Array) -> Array:
-    """z of `tn.mps.contract`, through the module's inference plan when it has one."""
+def _contract(module: nnx.Module, params: mps_lib.MPSParams, x: Array) -> Array:
+    """z of `tn.mps.contract` for the inputs x (B, n) of the module's `site_features`, through the
+    module's inference plan when it has one (with a local map: `contract_planned_inputs`, the
+    features formed in the sweep's own layout)."""
+    sf = module.site_features
     plan = stored_plan(module)
     if plan is None:
-        return mps_lib.contract(params, phi, method=module.contraction)[0]
+        return mps_lib.contract(params, sf(x), method=module.contraction)[0]
     prepared, *static = plan
-    if isinstance(prepared, mps_lib.ContractionPlan):  # MPSHidden: the whole plan (output core formed)
-        return mps_lib.contract_planned(prepared, phi)[0]
-    method, sites = static
-    return mps_lib.contract_planned(mps_lib.ContractionPlan(params, prepared, method, sites), phi)[0]
+    if not isinstance(prepared, mps_lib.ContractionPlan):  # MPS: the layouts (MPSHidden: the whole plan)
+        method, sites = static
+        prepared = mps_lib.ContractionPlan(params, prepared, method, sites)
+    local_map = sf.local_map()
+    if local_map is None:
+        return mps_lib.contract_planned(prepared, sf(x))[0]
+    return mps_lib.contract_planned_inputs(prepared, local_map, x, sf.site_order[...])[0]
 
 
 def _check_contraction(layer: str, contraction) -> str | None:
@@ -167,12 +173,15 @@ class MPS(nnx.Module):
 
     def features(self, x: Array) -> Array:
         """Local feature vectors in chain order: x (B, n) in [0, 1] → φ (B, n, d)."""
+        return self.site_features(self._checked(x))
+
+    def _checked(self, x: Array) -> Array:
         if x.ndim != 2 or x.shape[-1] != self.n_sites:
             raise DistillError(
                 f"MPS: expected input of shape (batch, {self.n_sites}), got {tuple(x.shape)}; "
                 "flatten images and scale them to [0, 1] first"
             )
-        return self.site_features(x.astype(self.dtype))
+        return x.astype(self.dtype)
 
     def prepare_export(self) -> None:
         """Fix the contraction for an export with a symbolic batch (the automatic choice reads
@@ -188,7 +197,7 @@ class MPS(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         """x (B, n) in [0, 1] → (B, m)."""
-        z = _contract(self, self.params, self.features(x))
+        z = _contract(self, self.params, self._checked(x))
         return jnp.exp(self.log_scale[...]) * z
 
 
@@ -421,8 +430,12 @@ class MPSHidden(nnx.Module):
 
     def features(self, x: Array) -> Array:
         """x (B, n_in) → φ(x̃) (B, n_in, d) in site order, x̃ the clipped, scaled input."""
+        return self.site_features(self._scaled(x))
+
+    def _scaled(self, x: Array) -> Array:
+        """x (B, n_in) → x̃ = clip((x - offset) / scale, 0, 1)."""
         x = (x.astype(self.dtype) - self.input_offset[...][None]) / self.input_scale[...][None]
-        return self.site_features(jnp.clip(x, 0.0, 1.0))
+        return jnp.clip(x, 0.0, 1.0)
 
     def __call__(self, x: Array) -> Array:
         """x (B, n_in) → (B, n_out)."""
@@ -430,7 +443,7 @@ class MPSHidden(nnx.Module):
             raise DistillError(
                 f"MPSHidden: expected input of shape (batch, {self.n_in}), got {tuple(x.shape)}"
             )
-        z = _contract(self, self.params, self.features(x))
+        z = _contract(self, self.params, self._scaled(x))
         if self.readout_rank is not None:
             z = jnp.einsum("bk,ok->bo", z, self.readout[...])
         y = jnp.exp(self.log_scale[...]) * z + self.bias[...][None]

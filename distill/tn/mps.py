@@ -42,6 +42,7 @@ __all__ = [
     "ContractionPlan",
     "plan_contraction",
     "contract_planned",
+    "contract_planned_inputs",
     "choose_method",
     "choose_planned",
     "METHODS",
@@ -479,13 +480,20 @@ def _prenormalise(phi: Array) -> tuple[Array, Array]:
     |u|² underflow (flush to 0) in float32 and turn a non-zero sample into a zero one.
     A zero φ stays 0 (log-norm 0, gradient 0).
     """
-    top = jnp.abs(phi[..., 0])
-    for p in range(1, phi.shape[-1]):  # elementwise, not a reduce: fuses with its consumers
-        top = jnp.maximum(top, jnp.abs(phi[..., p]))
+    phi, logs = _scale_features(phi, -1)
+    return phi, jnp.sum(logs, axis=-1)
+
+
+def _scale_features(phi: Array, axis: int) -> tuple[Array, Array]:
+    """φ / max_p |φ_p| over the physical `axis`, and log max_p |φ_p| (0 for a zero φ) per vector."""
+    parts = [jnp.abs(jnp.take(phi, p, axis=axis)) for p in range(phi.shape[axis])]
+    top = parts[0]
+    for part in parts[1:]:  # elementwise, not a reduce: fuses with its consumers
+        top = jnp.maximum(top, part)
     ok = top > 0
     safe = jnp.where(ok, top, 1.0)
     inv = jnp.where(ok, 1.0 / safe, 0.0)
-    return phi * inv[..., None], jnp.sum(jnp.where(ok, jnp.log(safe), 0.0), axis=-1)
+    return phi * jnp.expand_dims(inv, axis), jnp.where(ok, jnp.log(safe), 0.0)
 
 
 def _pad_cores(cores: Array, length: int) -> Array:
@@ -566,19 +574,29 @@ def _scan_run(weights: tuple, L, R, phi_left, phi_right, k: int, unroll: int):
     weights from `_scan_weights`; L, R (χ, B) unit start vectors; phi_* (B, S_*, d) in sweep
     order (the right half reversed). Returns (L, R, log_l, log_r), L and R (χ, B).
     """
-    w_lanes, w_excess = weights
     common, lanes_len, half, excess_len = _scan_segments(phi_left.shape[1], phi_right.shape[1], k)
-    v = jnp.stack([L, R])
-    logs = jnp.zeros((2,) + L.shape[1:], L.dtype)
+    p_lanes = p_excess = None
     if lanes_len:
-        p = jnp.stack([_scan_features(_pad_features(ph[:, :common], lanes_len), k)
-                       for ph in (phi_left, phi_right)], axis=1)
-        v, logs = mps_sweep.sweep(v, w_lanes, p, unroll)
-    vs, lg = [v[0], v[1]], [logs[0], logs[1]]
+        p_lanes = jnp.stack([_scan_features(_pad_features(ph[:, :common], lanes_len), k)
+                             for ph in (phi_left, phi_right)], axis=1)
     if excess_len:  # the longer half's remaining sites, one lane
         ph = (phi_left, phi_right)[half]
-        p = _scan_features(_pad_features(ph[:, common:], excess_len), k)[:, None]
-        v1, l1 = mps_sweep.sweep(vs[half][None], w_excess, p, unroll)
+        p_excess = _scan_features(_pad_features(ph[:, common:], excess_len), k)
+    return _sweep_lanes(weights, L, R, p_lanes, p_excess, half, unroll)
+
+
+def _sweep_lanes(weights: tuple, L, R, p_lanes, p_excess, half: int, unroll: int):
+    """The fused sweep of both halves given their step features: p_lanes (S', 2, D, B) or None,
+    p_excess (S'', D, B) of half `half` or None (layouts of `_scan_segments`); L, R (χ, B).
+    Returns (L, R, log_l, log_r), L and R (χ, B)."""
+    w_lanes, w_excess = weights
+    v = jnp.stack([L, R])
+    logs = jnp.zeros((2,) + L.shape[1:], L.dtype)
+    if p_lanes is not None:
+        v, logs = mps_sweep.sweep(v, w_lanes, p_lanes, unroll)
+    vs, lg = [v[0], v[1]], [logs[0], logs[1]]
+    if p_excess is not None:
+        v1, l1 = mps_sweep.sweep(vs[half][None], w_excess, p_excess[:, None], unroll)
         vs[half], lg[half] = v1[0], lg[half] + l1[0]
     return vs[0], vs[1], lg[0], lg[1]
 
@@ -648,6 +666,11 @@ def _contract_core(params, phi, arrangement, unroll, method, chunk, sites_per_st
         if n - k - 1 > 0:
             R, log_s = segment(R, c_right, phi_right)
             log_r = log_r + log_s
+    return _close(params, L, R, log_phi, log_l, log_r)
+
+
+def _close(params, L, R, log_phi, log_l, log_r):
+    """(z, log_norm) from the final environments L, R (B, χ) and the log-norms (B,)."""
     # A half whose environment vector is exactly 0 (a zero feature vector in it) contributes
     # log-norm 0 whatever happened before the zero: the same for every method.
     log_l = jnp.where(jnp.any(L != 0, axis=-1), log_l, 0.0)
@@ -737,6 +760,82 @@ def contract_planned(plan: ContractionPlan, phi: Array) -> tuple[Array, Array]:
     """
     return _contract_core(plan.params, phi, None, 1, plan.method, None, plan.sites_per_step,
                           plan.prepared)
+
+
+@functools.partial(jax.jit, static_argnames=("feature_map",))
+def contract_planned_inputs(plan: ContractionPlan, feature_map, x: Array, site_inputs: Array) -> tuple[Array, Array]:
+    """`contract_planned(plan, φ)` for the features of a local map read straight off the inputs:
+    φ[b, s] = feature_map(x[b, site_inputs[s]]). The same (z (B, m), log_norm (B,)).
+
+    x (B, n_in) the inputs; site_inputs (n,) int, the input read at each site (a site order);
+    feature_map an elementwise map x (...,) → (..., d) (a registered local map's function;
+    hashable: it is a static argument). For the scan, the inputs are first gathered into the
+    sweep's step layout, batch minor, and the map is applied there: forming φ (B, n, d) and
+    moving it into that layout (transposes with d = 2 minor) took about a third of a batch-256
+    prediction (`docs/bench/speed_ii.md`). Other methods form φ and call `contract_planned`.
+    For inference: not meant to be differentiated.
+
+    Raises:
+      DistillError: x not (batch, n_in), site_inputs not (n,), or φ not of dimension d.
+    """
+    n, d, chi, m, k = mps_dims(plan.params)
+    if x.ndim != 2 or site_inputs.shape != (n,):
+        raise DistillError(
+            f"MPS contract_planned_inputs: x must be (batch, n_in) and site_inputs ({n},), got "
+            f"{tuple(x.shape)} and {tuple(site_inputs.shape)}"
+        )
+    if plan.method != "scan":
+        return contract_planned(plan, feature_map(jnp.take(x, site_inputs, axis=1)))
+    params = plan.params
+    dtype = params.out.dtype
+    xt = jnp.transpose(x.astype(dtype))  # (n_in, B): the batch minor from here on
+
+    def features(slots: np.ndarray) -> tuple[Array, Array]:
+        """Sites `slots` (..., K) (-1: an identity site) → the K-fold products of their scaled
+        features (..., d^K, B) and the scales' log-sum over the slots (B,)."""
+        phi = jax.vmap(feature_map, in_axes=-1, out_axes=-1)(xt[site_inputs[np.maximum(slots, 0)]])
+        if phi.shape[-2] != d:
+            raise DistillError(f"MPS contract_planned_inputs: the feature map gives d = {phi.shape[-2]}, "
+                               f"the cores d = {d}")
+        if np.any(slots < 0):  # identity sites read e_0 (`_pad_cores`)
+            e0 = jnp.zeros((d, 1), dtype).at[0].set(1.0)
+            phi = jnp.where(jnp.asarray(slots < 0)[..., None, None], e0, phi)
+        phi, logs = _scale_features(phi, -2)
+        merged = phi[..., 0, :, :]
+        for j in range(1, phi.shape[-3]):  # φ_{s1} ⊗ … ⊗ φ_{sK}, s1 slowest (`merge_features`)
+            merged = jnp.reshape(merged[..., :, None, :] * phi[..., j, None, :, :],
+                                 merged.shape[:-2] + (-1, merged.shape[-1]))
+        return merged, jnp.sum(jnp.reshape(logs, (-1, logs.shape[-1])), axis=0)
+
+    ends, log_phi = features(np.array([[0], [n - 1]]))  # (2, d, B)
+    L, log_l = _normalise(jnp.einsum("pb,pr->br", ends[0], params.first))
+    R, log_r = _normalise(jnp.einsum("pb,pl->bl", ends[1], params.last))
+    lanes, excess, half = _step_sites(n, k, plan.sites_per_step)
+    p_lanes = p_excess = None
+    if lanes is not None:
+        p_lanes, logs = features(lanes)
+        log_phi = log_phi + logs
+    if excess is not None:
+        p_excess, logs = features(excess)
+        log_phi = log_phi + logs
+    Lt, Rt, ls, rs = _sweep_lanes(plan.prepared, L.T, R.T, p_lanes, p_excess, half, 1)
+    return _close(params, Lt.T, Rt.T, log_phi, log_l + ls, log_r + rs)
+
+
+def _step_sites(n: int, k: int, kk: int) -> tuple:
+    """The sites each step of the fused scan reads (`_scan_run`'s layout, static): (lanes
+    (S', 2, kk) or None, excess (S'', kk) or None, the excess's half); -1 marks identity sites."""
+    left, right = np.arange(1, k), np.arange(k, n - 1)[::-1]  # sweep order
+    common, lanes_len, half, excess_len = _scan_segments(len(left), len(right), kk)
+
+    def table(sites, length):
+        t = np.full(length, -1)
+        t[: len(sites)] = sites
+        return t.reshape(length // kk, kk)
+
+    lanes = np.stack([table(h[:common], lanes_len) for h in (left, right)], 1) if lanes_len else None
+    excess = table((left, right)[half][common:], excess_len) if excess_len else None
+    return lanes, excess, half
 
 
 def _arrange_sweep(cores: Array, arrangement: str) -> Array:
