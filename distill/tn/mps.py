@@ -793,7 +793,8 @@ def contract_planned_inputs(plan: ContractionPlan, feature_map, x: Array, site_i
     def features(slots: np.ndarray) -> tuple[Array, Array]:
         """Sites `slots` (..., K) (-1: an identity site) → the K-fold products of their scaled
         features (..., d^K, B) and the scales' log-sum over the slots (B,)."""
-        phi = jax.vmap(feature_map, in_axes=-1, out_axes=-1)(xt[site_inputs[np.maximum(slots, 0)]])
+        # not vmapped over the batch: the map sees the whole array (`feature_maps.cos_sin` branches once)
+        phi = jnp.moveaxis(feature_map(xt[site_inputs[np.maximum(slots, 0)]]), -1, -2)
         if phi.shape[-2] != d:
             raise DistillError(f"MPS contract_planned_inputs: the feature map gives d = {phi.shape[-2]}, "
                                f"the cores d = {d}")
