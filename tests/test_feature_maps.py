@@ -412,13 +412,20 @@ def test_cos_sin_outside_the_reduction_range_and_other_dtypes_use_jax_cos_sin():
     does. Gradients are cos' = −sin, sin' = cos."""
     from distill.tn.feature_maps import cos_sin
 
-    big = jnp.asarray([0.3, 1e6, -3e4], jnp.float32)
+    from distill.tn import feature_maps as fm_lib
+
+    base = np.linspace(-3.0, 3.0, 4 * fm_lib._COS_SIN_MIN_SIZE, dtype=np.float32)
+    fast = cos_sin(jnp.asarray(base))
+    assert not np.array_equal(np.asarray(fast[0]), np.asarray(jnp.cos(base)))  # the polynomial path
+    big = jnp.asarray(base).at[7].set(1e6).at[9].set(-3e4)
     for got, ref in zip(cos_sin(big), (jnp.cos(big), jnp.sin(big))):
         np.testing.assert_array_equal(got, ref)
-    odd = jnp.asarray([0.5, jnp.nan, jnp.inf], jnp.float32)
+    small = jnp.asarray(base[:100])  # below the size where the branch pays: jnp.cos / jnp.sin
+    np.testing.assert_array_equal(cos_sin(small)[1], jnp.sin(small))
+    odd = jnp.asarray(base).at[1].set(jnp.nan).at[2].set(jnp.inf)
     c, s = cos_sin(odd)
-    assert np.isnan(np.asarray(c)[1:]).all() and np.isnan(np.asarray(s)[1:]).all()
-    np.testing.assert_allclose([c[0], s[0]], [math.cos(0.5), math.sin(0.5)], rtol=2e-7)
+    assert np.isnan(np.asarray(c)[1:3]).all() and np.isnan(np.asarray(s)[1:3]).all()
+    np.testing.assert_allclose([c[0], s[0]], [math.cos(-3.0), math.sin(-3.0)], rtol=2e-7)
     with jax.enable_x64(True):
         a64 = jnp.linspace(-30.0, 30.0, 1001, dtype=jnp.float64)
         c64, s64 = cos_sin(a64)

@@ -143,6 +143,7 @@ def _check_int_param(name: str, param: str, value, minimum: int) -> int:
 # and the three parts together reduce |a| ≤ 8192 to [−π/4, π/4] to within float32 rounding.
 _PIO2 = (1.5703125, 4.837512969970703125e-4, 7.54978995489188216e-8)
 _COS_SIN_LIMIT = 8192.0
+_COS_SIN_MIN_SIZE = 2048
 
 
 def cos_sin(a) -> tuple[Array, Array]:
@@ -154,10 +155,11 @@ def cos_sin(a) -> tuple[Array, Array]:
     faster on CPU, where XLA:CPU calls the scalar libm cosf / sinf (4 ns per value against 0.5 ns
     for exp): the trig map's cosines and sines were a third of a batch-256 MPS prediction. An
     array with any |a| > 8192 (or NaN / inf), and every other dtype, uses jnp.cos / jnp.sin
-    (one branch per call, `lax.cond`; under vmap both are computed).
+    (one branch per call, `lax.cond`; under vmap both are computed); so does an array of fewer
+    than 2048 values (a batch-1 prediction), where the branch costs more than the libm calls.
     """
     a = jnp.asarray(a)
-    if a.dtype != jnp.float32 or a.size == 0:
+    if a.dtype != jnp.float32 or a.size < _COS_SIN_MIN_SIZE:
         return jnp.cos(a), jnp.sin(a)
     return jax.lax.cond(jnp.max(jnp.abs(a)) <= _COS_SIN_LIMIT, _cos_sin_reduced,
                         lambda v: (jnp.cos(v), jnp.sin(v)), a)
