@@ -156,10 +156,11 @@ def cos_sin(a) -> tuple[Array, Array]:
     for exp): the trig map's cosines and sines were a third of a batch-256 MPS prediction. An
     array with any |a| > 8192 (or NaN / inf), and every other dtype, uses jnp.cos / jnp.sin
     (one branch per call, `lax.cond`; under vmap both are computed); so does an array of fewer
-    than 2048 values (a batch-1 prediction), where the branch costs more than the libm calls.
+    than 2048 values (a batch-1 prediction), where the branch costs more than the libm calls, or
+    of a symbolic size (an ONNX export with a dynamic batch: plain Cos / Sin nodes).
     """
     a = jnp.asarray(a)
-    if a.dtype != jnp.float32 or a.size < _COS_SIN_MIN_SIZE:
+    if a.dtype != jnp.float32 or not isinstance(a.size, int) or a.size < _COS_SIN_MIN_SIZE:
         return jnp.cos(a), jnp.sin(a)
     return jax.lax.cond(jnp.max(jnp.abs(a)) <= _COS_SIN_LIMIT, _cos_sin_reduced,
                         lambda v: (jnp.cos(v), jnp.sin(v)), a)
