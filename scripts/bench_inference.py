@@ -9,7 +9,10 @@ Builds, with random weights of the right shapes (latency does not depend on trai
   tt        configs/layerwise_fashion.yaml's student: both hidden layers as TT-matrix layers
             (distill.nn.TTLinear, 4 cores, rank 8, relu) and the teacher's dense 512 → 10 head
 
-Each model is one jitted function of (state, x); it is compiled and warmed up first, then the
+Each student is timed as the layers compute it ("mps", "tt") and through `nn.inference_copy`
+("mps_planned", "tt_planned": the precomputed weight layouts `distill predict`, `evaluate` and
+the reported latencies use). Each model is one jitted function of (state, x); it is compiled and
+warmed up first, then the
 models are timed interleaved (round robin, one call each per round) for `--rounds` rounds at
 each batch size, so that machine load hits all of them alike. With --cpu-devices N > 1 every
 model is also timed with its batch split over the N devices ("name[N devices]"), and each
