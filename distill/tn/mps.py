@@ -808,9 +808,12 @@ def contract_planned_inputs(plan: ContractionPlan, feature_map, x: Array, site_i
                                  merged.shape[:-2] + (-1, merged.shape[-1]))
         return merged, jnp.sum(jnp.reshape(logs, (-1, logs.shape[-1])), axis=0)
 
+    # Both ends at once and the output core read as the (χ·m, χ) matrix it is in memory: at batch 1
+    # the time is per XLA op (5 % fewer here than through `_normalise` and `_close`).
     ends, log_phi = features(np.array([[0], [n - 1]]))  # (2, d, B)
-    L, log_l = _normalise(jnp.einsum("pb,pr->br", ends[0], params.first))
-    R, log_r = _normalise(jnp.einsum("pb,pl->bl", ends[1], params.last))
+    v0 = jnp.einsum("gpb,gpr->grb", ends, jnp.stack([params.first, params.last]))
+    inv0 = mps_sweep.inv_norm(v0, axis=1)
+    v0, log0 = v0 * inv0[:, None, :], mps_sweep.log_from_inv(inv0)
     lanes, excess, half = _step_sites(n, k, plan.sites_per_step)
     p_lanes = p_excess = None
     if lanes is not None:
@@ -819,8 +822,13 @@ def contract_planned_inputs(plan: ContractionPlan, feature_map, x: Array, site_i
     if excess is not None:
         p_excess, logs = features(excess)
         log_phi = log_phi + logs
-    Lt, Rt, ls, rs = _sweep_lanes(plan.prepared, L.T, R.T, p_lanes, p_excess, half, 1)
-    return _close(params, Lt.T, Rt.T, log_phi, log_l + ls, log_r + rs)
+    Lt, Rt, ls, rs = _sweep_lanes(plan.prepared, v0[0], v0[1], p_lanes, p_excess, half, 1)
+    t = jnp.reshape(jnp.reshape(params.out, (chi * m, chi)) @ Rt, (chi, m, -1))  # Σ_r out[l, o, r] R[r, b]
+    z = jnp.transpose(jnp.sum(Lt[:, None, :] * t, axis=0))
+    # as `_close`: a half whose vector vanished (a zero feature vector in it) adds log-norm 0
+    log_l = jnp.where(jnp.any(Lt != 0, axis=0), log0[0] + ls, 0.0)
+    log_r = jnp.where(jnp.any(Rt != 0, axis=0), log0[1] + rs, 0.0)
+    return z, log_phi + log_l + log_r
 
 
 def _step_sites(n: int, k: int, kk: int) -> tuple:
