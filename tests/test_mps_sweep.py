@@ -263,7 +263,6 @@ from distill.train.sharding import use_cpu_devices
 use_cpu_devices(2)  # before any JAX work: this process sees two CPU devices
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from distill.errors import DistillError
 from distill.tn import mps, mps_sweep
 from distill.tn.feature_maps import trig
 from test_mps import random_params, uniform
