@@ -44,7 +44,32 @@ training_curves.png and the teacher/ and student/ checkpoints.
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that may end its help with text made only when the help is shown
+    (`help_tail`): the config keys' listing imports every student family (jax, flax), too slow
+    to build for every command."""
+
+    help_tail = None
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        return text if self.help_tail is None else f"{text}\n{self.help_tail()}\n"
+
+
+def _config_keys() -> str:
+    from distill.config import keys_text
+
+    return keys_text(width=min(100, max(60, _terminal_width())))
+
+
+def _terminal_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size().columns - 2
+
+
 def _common(p: argparse.ArgumentParser, config_help: str) -> None:
+    p.help_tail = _config_keys
     p.add_argument("config", nargs="?", metavar="CONFIG", help=config_help)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value with a dotted key, e.g. --set student.bond_dim=16 "
@@ -60,8 +85,8 @@ def _common(p: argparse.ArgumentParser, config_help: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="distill", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="distill", description=DESCRIPTION,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p_run = sub.add_parser(
         "run", help="train (or load) a teacher and distil it into a student end to end",
@@ -173,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_an.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p_chk = sub.add_parser(
-        "check-map", help="validity check of one feature map (seed 000 §4)",
+        "check-map", help="is a feature map valid: are its components and their derivatives linearly independent?",
         description="Check that a feature map's components, and their derivatives, are linearly independent on "
                     "[0, 1] (pairwise maps: on [0, 1]²); prints the singular values. Exit status 0 if the map is "
                     "valid, 1 if it is refused.")

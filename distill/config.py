@@ -441,3 +441,37 @@ def with_student(cfg: Config, family: str | None = None, **options) -> Config:
         names = {f.name for f in dataclasses.fields(cls)}
         opts = cls(**{k: v for k, v in {**carried, **options}.items() if k in names})
     return dataclasses.replace(cfg, student=dataclasses.replace(s, family=family, options=opts))
+
+
+def keys_text(width: int = 100) -> str:
+    """Every config key, section by section (the student section per family), as wrapped text
+    for `distill run --help`. Generated from the dataclasses, so it cannot drift from them."""
+    import textwrap
+
+    def fields_of(tp) -> list[str]:
+        return [f.name for f in dataclasses.fields(tp)]
+
+    def entry(head: str, names, indent: int = 2) -> str:
+        return textwrap.fill(", ".join(names), width=width, initial_indent=" " * indent + head,
+                             subsequent_indent=" " * (indent + 4))
+
+    lines = ["config keys (YAML sections; any of them on the command line as --set SECTION.KEY=VALUE):",
+             entry("", ["name", "seed"])]
+    sections = {"data": DataConfig, "teacher": TeacherConfig, "distill": DistillConfig, "augment": AugmentConfig,
+                "runtime": RuntimeConfig, "compare": CompareConfig, "sweep": SweepConfig}
+    for name in ("data", "teacher"):
+        lines.append(entry(f"{name}: ", fields_of(sections[name])))
+    families = student_families()
+    lines.append(entry("student: ", ["family (" + " | ".join(families) + ")", "downsample",
+                                     "and the family's options:"]))
+    for fam, module in families.items():
+        lines.append(entry(f"{fam}: ", fields_of(module.Options), indent=4))
+    for name in ("distill", "augment", "runtime"):
+        lines.append(entry(f"{name}: ", fields_of(sections[name])))
+    lines.append(entry("compare: ", fields_of(CompareConfig)) + "   (distill compare-maps)")
+    lines.append(entry("sweep: ", fields_of(SweepConfig)) + "   (distill sweep)")
+    lines.append(textwrap.fill(
+        "What each key means and allows: the comments of distill/config.py and of each family's Options "
+        "(distill/students/<family>.py); the files in configs/ are commented examples. A wrong key or value "
+        "is refused with one line that names it and what is allowed.", width=width))
+    return "\n".join(lines)

@@ -175,6 +175,29 @@ def test_help_explains_each_command():
     assert res.stderr.strip() == "distill: error: config: student.bond_dim = 0 is not allowed: must be an integer ≥ 1"
 
 
+def test_run_help_lists_every_config_key():
+    import dataclasses
+
+    from distill import config as config_mod
+
+    res = _run_cli("run", "--help", cwd=ROOT)
+    assert res.returncode == 0
+    text = res.stdout.split("config keys")[1]
+    sections = {"data": config_mod.DataConfig, "teacher": config_mod.TeacherConfig,
+                "distill": config_mod.DistillConfig, "augment": config_mod.AugmentConfig,
+                "runtime": config_mod.RuntimeConfig, "sweep": config_mod.SweepConfig}
+    flat = " ".join(text.split())  # undo the wrapping
+    for name, tp in sections.items():
+        listed = flat.split(f" {name}: ")[1].split(":")[0]
+        for f in dataclasses.fields(tp):
+            assert f.name in listed, (name, f.name)
+    for family, module in config_mod.student_families().items():
+        listed = flat.split(f" {family}: ")[1].split(":")[0]
+        assert all(f.name in listed for f in dataclasses.fields(module.Options)), family
+    # the help of a command without a config does not pay for importing the families
+    assert "config keys" not in _run_cli("check-map", "--help", cwd=ROOT).stdout
+
+
 def test_builtin_defaults_are_the_digits_quickstart():
     cfg = Config()
     assert cfg.data.name == "digits" and cfg.student.family == "mps"
