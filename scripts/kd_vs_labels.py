@@ -7,6 +7,15 @@ augmentation, epochs and seeds — compared point by point.
         --set distill.mode=labels_only --set 'sweep.families=[{family: tt}]' --out runs/budgets-labels
     python scripts/kd_vs_labels.py runs/budgets-kd runs/budgets-labels --out runs/kd_vs_labels
 
+Each argument may instead be a folder of `distill run` folders: one student config run at several
+sizes and seeds (e.g. a pixel MPS student, which a sweep does not cover), grouped into points by
+the family's size knob; their configs must differ in nothing but the seed and that knob:
+
+    distill run configs/fashion_mps_best.yaml --set teacher.checkpoint=T --set student.bond_dim=8 \
+        --set seed=0 --out runs/q3-kd/chi8-s0                      (… each χ and seed)
+    … the same with --set distill.mode=labels_only --out runs/q3-labels/chi8-s0
+    python scripts/kd_vs_labels.py runs/q3-kd runs/q3-labels --out runs/kd_vs_labels_mps
+
 Per point present in both (same family label and size): the mean test accuracy of each with its
 95 % t-interval over seeds, Δ = KD − labels with its 95 % Welch t-interval, Welch's p and the
 Holm-corrected p over all the points, and whether Δ ≥ --min-gain points with the interval above 0
@@ -32,8 +41,69 @@ from distill.experiments.sweep import pair_sweeps  # noqa: E402
 from distill.io import write_atomic, write_json  # noqa: E402
 
 
+def _load_yaml(path: Path) -> dict:
+    try:
+        out = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise DistillError(f"{path}: unreadable ({type(err).__name__})") from None
+    return out if isinstance(out, dict) else {}
+
+
+def _from_runs(folder: Path) -> tuple[dict, dict]:
+    """A folder of `distill run` folders → (a sweep-like results dict, the shared config), the runs
+    grouped into points by the student family's size knob. Refuses runs whose configs differ in
+    anything but the seed and that knob, or whose teachers or datasets differ."""
+    from distill import students
+
+    runs = sorted(p for p in folder.iterdir() if (p / "results.json").is_file() and (p / "config.yaml").is_file())
+    if not runs:
+        raise DistillError(f"{folder} holds no `distill sweep` results and no finished `distill run` folders")
+    points: dict[tuple, dict] = {}
+    shared = first = ref = None
+    for run in runs:
+        try:
+            res = json.loads((run / "results.json").read_text())
+        except ValueError:
+            raise DistillError(f"{run}/results.json: not valid JSON") from None
+        cfg = _load_yaml(run / "config.yaml")
+        st = res.get("student") or {}
+        family = st.get("family")
+        if family is None or "accuracy" not in st:
+            raise DistillError(f"{run}: its results.json has no student accuracy (not a finished `distill run`)")
+        knob = students.family(family).SIZE_KNOB
+        size = cfg.get("student", {}).get(knob)
+        rest = {k: v for k, v in cfg.items() if k not in ("seed", "name")}
+        rest["student"] = {k: v for k, v in cfg.get("student", {}).items() if k != knob}
+        if shared is None:
+            shared, first = rest, run
+        elif rest != shared:
+            keys = sorted(k for k in set(rest) | set(shared) if rest.get(k) != shared.get(k))
+            raise DistillError(f"{run} and {first} differ in more than the seed and student.{knob} "
+                               f"(sections {', '.join(keys)}); keep one experiment per folder")
+        key = (family, knob, size)
+        pt = points.setdefault(key, {"label": family, "knob": knob, "size": size, "params": st["params"], "runs": []})
+        pt["runs"].append({"seed": cfg.get("seed"), "accuracy": st["accuracy"]})
+        head = {"dataset": res.get("dataset", {}).get("name"), "teacher": res.get("teacher"),
+                "phases": st.get("phases")}
+        if ref is None:
+            ref = head
+        elif (head["dataset"], head["phases"]) != (ref["dataset"], ref["phases"]) or \
+                (head["teacher"]["accuracy"], head["teacher"]["params"]) != \
+                (ref["teacher"]["accuracy"], ref["teacher"]["params"]):
+            raise DistillError(f"{run} has another dataset, teacher or training phases than {first}")
+    seeds = sorted({r["seed"] for p in points.values() for r in p["runs"]})
+    results = {"dataset": ref["dataset"], "seeds": seeds, "teacher": ref["teacher"],
+               "distill": {"phases": ref["phases"], "epochs": shared.get("distill", {}).get("epochs")},
+               "points": sorted(points.values(), key=lambda p: p["size"])}
+    return results, shared
+
+
 def _read(folder: Path) -> tuple[dict, dict]:
+    if not folder.is_dir():
+        raise DistillError(f"{folder} is not a folder")
     res, cfg = folder / "results.json", folder / "config.yaml"
+    if not res.is_file() and not cfg.is_file():
+        return _from_runs(folder)
     if not res.is_file() or not cfg.is_file():
         raise DistillError(f"{folder} is not a finished `distill sweep` folder (no results.json / config.yaml)")
     try:
@@ -47,8 +117,8 @@ def _read(folder: Path) -> tuple[dict, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kd", type=Path, help="the sweep folder trained by distillation")
-    ap.add_argument("labels", type=Path, help="the same sweep trained on the labels only")
+    ap.add_argument("kd", type=Path, help="the sweep folder (or folder of run folders) trained by distillation")
+    ap.add_argument("labels", type=Path, help="the same sweep (or runs) trained on the labels only")
     ap.add_argument("--min-gain", type=float, default=1.0, help="the gain asked of KD, in points (default 1.0)")
     ap.add_argument("--out", type=Path, help="folder for kd_vs_labels.{json,md} (default: print only)")
     a = ap.parse_args(argv)

@@ -4,6 +4,8 @@ one-line config errors."""
 import csv
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,3 +212,58 @@ def test_pair_sweeps_refuses_different_experiments(change, match):
     change(labels)
     with pytest.raises(DistillError, match=match):
         sw.pair_sweeps(kd, labels)
+
+
+def _fake_run(folder, family="mps", knob="bond_dim", size=8, seed=0, acc=0.9, mode="end_to_end", lr=0.001,
+              teacher_acc=0.926):
+    import yaml
+
+    folder.mkdir(parents=True)
+    cfg = {"name": "x", "seed": seed, "data": {"name": "fashion_mnist"},
+           "student": {"family": family, knob: size, "feature_map": "trig"},
+           "distill": {"mode": mode, "epochs": 60, "lr": lr}, "augment": {"translate": 0, "flip": False}}
+    phases = ["labels"] if mode == "labels_only" else ["end_to_end"]
+    res = {"dataset": {"name": "fashion_mnist"}, "teacher": {"accuracy": teacher_acc, "params": 824554},
+           "student": {"family": family, "accuracy": acc, "params": 100 * size, "phases": phases}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (folder / "results.json").write_text(json.dumps(res))
+
+
+def _kd_vs_labels():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import kd_vs_labels
+
+    return kd_vs_labels
+
+
+def test_kd_vs_labels_reads_folders_of_runs(tmp_path, capsys):
+    from scipy import stats
+
+    kd_acc = {8: [0.880, 0.884, 0.882], 16: [0.896, 0.899, 0.897]}
+    lab_acc = {8: [0.876, 0.878, 0.875], 16: [0.880, 0.884, 0.881]}
+    for name, accs, mode in (("kd", kd_acc, "end_to_end"), ("lab", lab_acc, "labels_only")):
+        for size, values in accs.items():
+            for seed, a in enumerate(values):
+                _fake_run(tmp_path / name / f"chi{size}_s{seed}", size=size, seed=seed, acc=a, mode=mode)
+    rc = _kd_vs_labels().main([str(tmp_path / "kd"), str(tmp_path / "lab"), "--out", str(tmp_path / "out")])
+    assert rc == 0
+    pairs = json.loads((tmp_path / "out" / "kd_vs_labels.json").read_text())["pairs"]
+    assert [(p["knob"], p["size"]) for p in pairs] == [("bond_dim", 8), ("bond_dim", 16)]
+    for p in pairs:
+        a, b = kd_acc[p["size"]], lab_acc[p["size"]]
+        assert p["diff"] == pytest.approx(np.mean(a) - np.mean(b), abs=1e-12)
+        assert p["p"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
+    assert [p["meets_min_gain"] for p in pairs] == [False, True]  # +0.57 pt at χ 8, +1.57 pt at χ 16
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"lr": 0.002}, "differ in more than the seed"),
+    ({"teacher_acc": 0.93}, "another dataset, teacher"),
+])
+def test_kd_vs_labels_refuses_mixed_run_folders(tmp_path, capsys, change, match):
+    for seed in (0, 1):
+        _fake_run(tmp_path / "kd" / f"a{seed}", seed=seed)
+        _fake_run(tmp_path / "lab" / f"a{seed}", seed=seed, mode="labels_only", acc=0.88)
+    _fake_run(tmp_path / "kd" / "b0", seed=2, **change)
+    assert _kd_vs_labels().main([str(tmp_path / "kd"), str(tmp_path / "lab")]) == 2
+    assert match in capsys.readouterr().err
