@@ -9,7 +9,8 @@ augmentation, epochs and seeds — compared point by point.
 
 Each argument may instead be a folder of `distill run` folders: one student config run at several
 sizes and seeds (e.g. a pixel MPS student, which a sweep does not cover), grouped into points by
-the family's size knob; their configs must differ in nothing but the seed and that knob:
+the family's size knob; their configs must differ in nothing but the seed, that knob and the
+runtime section:
 
     distill run configs/fashion_mps_best.yaml --set teacher.checkpoint=T --set student.bond_dim=8 \
         --set seed=0 --out runs/q3-kd/chi8-s0                      (… each χ and seed)
@@ -72,7 +73,8 @@ def _from_runs(folder: Path) -> tuple[dict, dict]:
             raise DistillError(f"{run}: its results.json has no student accuracy (not a finished `distill run`)")
         knob = students.family(family).SIZE_KNOB
         size = cfg.get("student", {}).get(knob)
-        rest = {k: v for k, v in cfg.items() if k not in ("seed", "name")}
+        # runtime: how the run executed (checkpoints, devices), not what it trained
+        rest = {k: v for k, v in cfg.items() if k not in ("seed", "name", "runtime")}
         rest["student"] = {k: v for k, v in cfg.get("student", {}).items() if k != knob}
         if shared is None:
             shared, first = rest, run
