@@ -22,7 +22,8 @@ Per point present in both (same family label and size): the mean test accuracy o
 Holm-corrected p over all the points, and whether Δ ≥ --min-gain points with the interval above 0
 (issue 12, Q3: ≥ 1.0 pt at each budget). Refuses sweeps of different teachers, datasets or seeds,
 and sweeps whose augmentation or number of epochs differ (read from their config.yaml).
-Writes OUT/kd_vs_labels.json and OUT/kd_vs_labels.md and prints the table.
+Writes OUT/kd_vs_labels.json, OUT/kd_vs_labels.md and OUT/kd_vs_labels.png (mean test accuracy
+against parameters for both, 95 % t-intervals, one panel per family) and prints the table.
 """
 
 from __future__ import annotations
@@ -117,6 +118,39 @@ def _read(folder: Path) -> tuple[dict, dict]:
     return results, config if isinstance(config, dict) else {}
 
 
+def plot(path: Path, pairs: list[dict], teacher: dict) -> None:
+    """Both trainings' mean test accuracy against parameters (log x), per family, with their 95 %
+    t-intervals as error bars and the teacher as a line; saved atomically."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    families = list(dict.fromkeys(p["label"] for p in pairs))
+    fig = Figure(figsize=(6.0 * len(families), 4.2))
+    axes = fig.subplots(1, len(families), squeeze=False)[0]
+    for ax, family in zip(axes, families):
+        mine = sorted((p for p in pairs if p["label"] == family), key=lambda p: p["params"])
+        x = [p["params"] for p in mine]
+        for key, name, colour in (("acc_a", "KD", "C0"), ("acc_b", "labels only", "C1")):
+            iv = [p[key] for p in mine]
+            err = [[100 * (i["mean"] - i["low"]) if i["low"] is not None else 0.0 for i in iv],
+                   [100 * (i["high"] - i["mean"]) if i["high"] is not None else 0.0 for i in iv]]
+            ax.errorbar(x, [100 * i["mean"] for i in iv], yerr=err, marker="o", capsize=3, color=colour, label=name)
+        for p in mine:
+            ax.annotate(f"{p['knob']}={p['size']}", (p["params"], 100 * p["acc_a"]["mean"]),
+                        textcoords="offset points", xytext=(4, 6), fontsize=7)
+        ax.axhline(100 * teacher["accuracy"], color="k", lw=1, label=f"teacher {100 * teacher['accuracy']:.2f} %")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labels on the powers of ten only: no overlaps
+        ax.set(xlabel="student parameters (log scale)", ylabel="test accuracy (%)",
+               title=f"{family}: KD against labels only, 95 % t-intervals")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("kd", type=Path, help="the sweep folder (or folder of run folders) trained by distillation")
@@ -163,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(a.out / "kd_vs_labels.json", {"kd": str(a.kd), "labels": str(a.labels), "min_gain_pts": a.min_gain,
                                                 "teacher": t, "seeds": kd["seeds"], "pairs": pairs})
         write_atomic(a.out / "kd_vs_labels.md", text)
+        plot(a.out / "kd_vs_labels.png", pairs, t)
     return 0
 
 

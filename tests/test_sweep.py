@@ -254,6 +254,7 @@ def test_kd_vs_labels_reads_folders_of_runs(tmp_path, capsys):
         assert p["diff"] == pytest.approx(np.mean(a) - np.mean(b), abs=1e-12)
         assert p["p"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
     assert [p["meets_min_gain"] for p in pairs] == [False, True]  # +0.57 pt at χ 8, +1.57 pt at χ 16
+    assert (tmp_path / "out" / "kd_vs_labels.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("change, match", [
