@@ -90,10 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p_run = sub.add_parser(
         "run", help="train (or load) a teacher and distil it into a student end to end",
-        description="Train the teacher the config describes (or load teacher.checkpoint), distil it into the "
-                    "student on the teacher's logits with the KD loss (τ = distill.temperature, "
-                    "α = distill.alpha), keep the best student by validation accuracy, and report test "
-                    "accuracy, agreement and KL to the teacher, parameters and compression ratio.")
+        description="Train the teacher the config describes (or load teacher.checkpoint), train the student "
+                    "through the phases of distill.mode (by default KD on the teacher's logits: "
+                    "τ = distill.temperature, α = distill.alpha; also layer-wise fits to the teacher's "
+                    "activations, or the labels alone as the control), keep the best student by validation "
+                    "accuracy, and report test accuracy, agreement and KL to the teacher, parameters, "
+                    "compression ratio and latency.")
     _common(p_run, f"experiment YAML file (default: {QUICKSTART.relative_to(QUICKSTART.parents[1])}, "
                    "the digits quickstart)")
     p_run.add_argument("--resume", metavar="DIR", help="continue the run whose --out was DIR after it was stopped "
