@@ -136,15 +136,16 @@ def plot(path: Path, pairs: list[dict], teacher: dict) -> None:
                    [100 * (i["high"] - i["mean"]) if i["high"] is not None else 0.0 for i in iv]]
             ax.errorbar(x, [100 * i["mean"] for i in iv], yerr=err, marker="o", capsize=3, color=colour, label=name)
         for p in mine:
-            ax.annotate(f"{p['knob']}={p['size']}", (p["params"], 100 * p["acc_a"]["mean"]),
+            ax.annotate(str(p["size"]), (p["params"], 100 * p["acc_a"]["mean"]),
                         textcoords="offset points", xytext=(4, 6), fontsize=7)
         ax.axhline(100 * teacher["accuracy"], color="k", lw=1, label=f"teacher {100 * teacher['accuracy']:.2f} %")
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # labels on the powers of ten only: no overlaps
         ax.set(xlabel="student parameters (log scale)", ylabel="test accuracy (%)",
-               title=f"{family}: KD against labels only, 95 % t-intervals")
+               title=f"{family} (points labelled by {mine[0]['knob']}): KD against labels only, 95 % t-intervals")
+        ax.title.set_fontsize(9)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
