@@ -195,6 +195,7 @@ def test_pair_sweeps_is_welch_and_holm_over_common_points():
         ref = stats.ttest_ind(a, b, equal_var=False)
         assert p["diff"] == pytest.approx(np.mean(a) - np.mean(b), abs=1e-12)
         assert p["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+        assert (p["runs_a"], p["runs_b"]) == (a, b)
         ci = ref.confidence_interval(0.95)
         assert (p["low"], p["high"]) == (pytest.approx(ci.low, abs=1e-12), pytest.approx(ci.high, abs=1e-12))
     assert [p["p_holm"] for p in pairs] == pytest.approx(holm([p["p"] for p in pairs]))

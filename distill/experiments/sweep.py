@@ -459,8 +459,8 @@ def pair_sweeps(a: dict, b: dict) -> list[dict]:
     its 95 % Welch t-interval over seeds, Welch's p and the Holm-corrected p over all the pairs.
 
     a, b: the `results.json` dicts of two `distill sweep` folders. Returns one dict per common point
-    {label, knob, size, params, acc_a, acc_b (intervals as dicts), diff, low, high, t, df, p, p_holm,
-    significant} in A's order. Raises: DistillError if the two sweeps differ in dataset, teacher
+    {label, knob, size, params, acc_a, acc_b (intervals as dicts), runs_a, runs_b (the per-run
+    accuracies), diff, low, high, t, df, p, p_holm, significant} in A's order. Raises: DistillError if the two sweeps differ in dataset, teacher
     (test accuracy and parameters) or seeds, or share no point — a comparison of different
     experiments would be a plausible wrong number.
     """
@@ -486,6 +486,7 @@ def pair_sweeps(a: dict, b: dict) -> list[dict]:
         out.append({"label": pa["label"], "knob": pa["knob"], "size": pa["size"], "params": pa["params"],
                     "acc_a": t_interval(acc_a, bounds=(0.0, 1.0)).as_dict(),
                     "acc_b": t_interval(acc_b, bounds=(0.0, 1.0)).as_dict(),
+                    "runs_a": acc_a, "runs_b": acc_b,
                     **welch(acc_a, acc_b).as_dict()})
     if not out:
         raise DistillError("the two sweeps share no finished point (same family label and size); nothing to compare")
