@@ -54,7 +54,8 @@ def _load_yaml(path: Path) -> dict:
 def _from_runs(folder: Path) -> tuple[dict, dict]:
     """A folder of `distill run` folders → (a sweep-like results dict, the shared config), the runs
     grouped into points by the student family's size knob. Refuses runs whose configs differ in
-    anything but the seed and that knob, or whose teachers or datasets differ."""
+    anything but the seed, that knob and the runtime section, or whose teachers, datasets or
+    training phases differ."""
     from distill import students
 
     runs = sorted(p for p in folder.iterdir() if (p / "results.json").is_file() and (p / "config.yaml").is_file())
@@ -68,15 +69,19 @@ def _from_runs(folder: Path) -> tuple[dict, dict]:
         except ValueError:
             raise DistillError(f"{run}/results.json: not valid JSON") from None
         cfg = _load_yaml(run / "config.yaml")
+        if not isinstance(res, dict) or not isinstance(cfg.get("student"), dict):
+            raise DistillError(f"{run} is not a `distill run` folder (its results.json or config.yaml has no student)")
         st = res.get("student") or {}
         family = st.get("family")
-        if family is None or "accuracy" not in st:
-            raise DistillError(f"{run}: its results.json has no student accuracy (not a finished `distill run`)")
+        teacher = res.get("teacher") or {}
+        if family is None or not {"accuracy", "params"} <= st.keys() or not {"accuracy", "params"} <= teacher.keys():
+            raise DistillError(f"{run}: its results.json lacks the student's or the teacher's accuracy and parameters "
+                               "(not a finished `distill run`)")
         knob = students.family(family).SIZE_KNOB
-        size = cfg.get("student", {}).get(knob)
+        size = cfg["student"].get(knob)
         # runtime: how the run executed (checkpoints, devices), not what it trained
         rest = {k: v for k, v in cfg.items() if k not in ("seed", "name", "runtime")}
-        rest["student"] = {k: v for k, v in cfg.get("student", {}).items() if k != knob}
+        rest["student"] = {k: v for k, v in cfg["student"].items() if k != knob}
         if shared is None:
             shared, first = rest, run
         elif rest != shared:
@@ -86,8 +91,7 @@ def _from_runs(folder: Path) -> tuple[dict, dict]:
         key = (family, knob, size)
         pt = points.setdefault(key, {"label": family, "knob": knob, "size": size, "params": st["params"], "runs": []})
         pt["runs"].append({"seed": cfg.get("seed"), "accuracy": st["accuracy"]})
-        head = {"dataset": res.get("dataset", {}).get("name"), "teacher": res.get("teacher"),
-                "phases": st.get("phases")}
+        head = {"dataset": (res.get("dataset") or {}).get("name"), "teacher": teacher, "phases": st.get("phases")}
         if ref is None:
             ref = head
         elif (head["dataset"], head["phases"]) != (ref["dataset"], ref["phases"]) or \
@@ -157,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("kd", type=Path, help="the sweep folder (or folder of run folders) trained by distillation")
     ap.add_argument("labels", type=Path, help="the same sweep (or runs) trained on the labels only")
     ap.add_argument("--min-gain", type=float, default=1.0, help="the gain asked of KD, in points (default 1.0)")
-    ap.add_argument("--out", type=Path, help="folder for kd_vs_labels.{json,md} (default: print only)")
+    ap.add_argument("--out", type=Path, help="folder for kd_vs_labels.{json,md,png} (default: print only)")
     a = ap.parse_args(argv)
     try:
         if a.kd.resolve() == a.labels.resolve():

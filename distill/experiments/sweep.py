@@ -460,9 +460,9 @@ def pair_sweeps(a: dict, b: dict) -> list[dict]:
 
     a, b: the `results.json` dicts of two `distill sweep` folders. Returns one dict per common point
     {label, knob, size, params, acc_a, acc_b (intervals as dicts), runs_a, runs_b (the per-run
-    accuracies), diff, low, high, t, df, p, p_holm, significant} in A's order. Raises: DistillError if the two sweeps differ in dataset, teacher
-    (test accuracy and parameters) or seeds, or share no point — a comparison of different
-    experiments would be a plausible wrong number.
+    accuracies), diff, low, high, t, df, p, p_holm, significant} in A's order. Raises: DistillError
+    if the two sweeps differ in dataset, teacher (test accuracy and parameters) or seeds, or share
+    no point — a comparison of different experiments would be a plausible wrong number.
     """
     for key, what in (("dataset", "dataset"), ("seeds", "seeds")):
         if a[key] != b[key]:
