@@ -12,7 +12,7 @@ sizes and seeds (e.g. a pixel MPS student, which a sweep does not cover), groupe
 the family's size knob; their configs must differ in nothing but the seed, that knob and the
 runtime section:
 
-    distill run configs/fashion_mps_best.yaml --set teacher.checkpoint=T --set student.bond_dim=8 \
+    distill run configs/fashion_mps_pooled.yaml --set teacher.checkpoint=T --set student.bond_dim=8 \
         --set seed=0 --out runs/q3-kd/chi8-s0                      (… each χ and seed)
     … the same with --set distill.mode=labels_only --out runs/q3-labels/chi8-s0
     python scripts/kd_vs_labels.py runs/q3-kd runs/q3-labels --out runs/kd_vs_labels_mps
