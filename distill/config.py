@@ -457,19 +457,15 @@ def keys_text(width: int = 100) -> str:
 
     lines = ["config keys (YAML sections; any of them on the command line as --set SECTION.KEY=VALUE):",
              entry("", ["name", "seed"])]
-    sections = {"data": DataConfig, "teacher": TeacherConfig, "distill": DistillConfig, "augment": AugmentConfig,
-                "runtime": RuntimeConfig, "compare": CompareConfig, "sweep": SweepConfig}
-    for name in ("data", "teacher"):
-        lines.append(entry(f"{name}: ", fields_of(sections[name])))
+    lines += [entry("data: ", fields_of(DataConfig)), entry("teacher: ", fields_of(TeacherConfig))]
     families = student_families()
     lines.append(entry("student: ", ["family (" + " | ".join(families) + ")", "downsample",
                                      "and the family's options:"]))
-    for fam, module in families.items():
-        lines.append(entry(f"{fam}: ", fields_of(module.Options), indent=4))
-    for name in ("distill", "augment", "runtime"):
-        lines.append(entry(f"{name}: ", fields_of(sections[name])))
-    lines.append(entry("compare: ", fields_of(CompareConfig)) + "   (distill compare-maps)")
-    lines.append(entry("sweep: ", fields_of(SweepConfig)) + "   (distill sweep)")
+    lines += [entry(f"{fam}: ", fields_of(module.Options), indent=4) for fam, module in families.items()]
+    lines += [entry("distill: ", fields_of(DistillConfig)), entry("augment: ", fields_of(AugmentConfig)),
+              entry("runtime: ", fields_of(RuntimeConfig)),
+              entry("compare: ", fields_of(CompareConfig)) + "   (distill compare-maps)",
+              entry("sweep: ", fields_of(SweepConfig)) + "   (distill sweep)"]
     lines.append(textwrap.fill(
         "What each key means and allows: the comments of distill/config.py and of each family's Options "
         "(distill/students/<family>.py); the files in configs/ are commented examples. A wrong key or value "

@@ -12,9 +12,8 @@ Builds, with random weights of the right shapes (latency does not depend on trai
 Each student is timed as the layers compute it ("mps", "tt") and through `nn.inference_copy`
 ("mps_planned", "tt_planned": the precomputed weight layouts `distill predict`, `evaluate` and
 the reported latencies use). Each model is one jitted function of (state, x); it is compiled and
-warmed up first, then the
-models are timed interleaved (round robin, one call each per round) for `--rounds` rounds at
-each batch size, so that machine load hits all of them alike. With --cpu-devices N > 1 every
+warmed up first, then the models are timed interleaved (round robin, one call each per round)
+for `--rounds` rounds at each batch size, so that machine load hits all of them alike. With --cpu-devices N > 1 every
 model is also timed with its batch split over the N devices ("name[N devices]"), and each
 student's faster path is compared with the teacher's faster path. Reports the median and the
 10th percentile per call, the ratio student / teacher, and `os.getloadavg()` before and after.

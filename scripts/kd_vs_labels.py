@@ -91,16 +91,14 @@ def _from_runs(folder: Path) -> tuple[dict, dict]:
         key = (family, knob, size)
         pt = points.setdefault(key, {"label": family, "knob": knob, "size": size, "params": st["params"], "runs": []})
         pt["runs"].append({"seed": cfg.get("seed"), "accuracy": st["accuracy"]})
-        head = {"dataset": (res.get("dataset") or {}).get("name"), "teacher": teacher, "phases": st.get("phases")}
+        head = ((res.get("dataset") or {}).get("name"), st.get("phases"), teacher["accuracy"], teacher["params"])
         if ref is None:
-            ref = head
-        elif (head["dataset"], head["phases"]) != (ref["dataset"], ref["phases"]) or \
-                (head["teacher"]["accuracy"], head["teacher"]["params"]) != \
-                (ref["teacher"]["accuracy"], ref["teacher"]["params"]):
+            ref, ref_teacher = head, teacher
+        elif head != ref:
             raise DistillError(f"{run} has another dataset, teacher or training phases than {first}")
     seeds = sorted({r["seed"] for p in points.values() for r in p["runs"]})
-    results = {"dataset": ref["dataset"], "seeds": seeds, "teacher": ref["teacher"],
-               "distill": {"phases": ref["phases"], "epochs": shared.get("distill", {}).get("epochs")},
+    results = {"dataset": ref[0], "seeds": seeds, "teacher": ref_teacher,
+               "distill": {"phases": ref[1], "epochs": shared.get("distill", {}).get("epochs")},
                "points": sorted(points.values(), key=lambda p: p["size"])}
     return results, shared
 
@@ -114,12 +112,13 @@ def _read(folder: Path) -> tuple[dict, dict]:
     if not res.is_file() or not cfg.is_file():
         raise DistillError(f"{folder} is not a finished `distill sweep` folder (no results.json / config.yaml)")
     try:
-        results, config = json.loads(res.read_text()), yaml.safe_load(cfg.read_text())
-    except (ValueError, yaml.YAMLError) as err:
-        raise DistillError(f"{folder}: unreadable results.json / config.yaml ({type(err).__name__})") from None
+        results = json.loads(res.read_text())
+    except ValueError:
+        raise DistillError(f"{res}: not valid JSON") from None
+    config = _load_yaml(cfg)
     if not isinstance(results, dict) or not {"points", "distill", "teacher"} <= results.keys():
         raise DistillError(f"{folder} is a run folder, not a `distill sweep` folder (its results.json has no points)")
-    return results, config if isinstance(config, dict) else {}
+    return results, config
 
 
 def plot(path: Path, pairs: list[dict], teacher: dict) -> None:
