@@ -169,14 +169,14 @@ def compile_time(sites, d, chi, outputs, batch, method=None):
     return time.perf_counter() - t0
 
 
-def step_flops(method, sites, d, chi, outputs):
+def step_flops(method, sites, d, chi, outputs, batch):
     """FLOPs of one training step per sample (forward + backward ≈ 3 forward passes).
 
     Forward: "scan" 2·n·d^k/k·χ² (k sites merged per step) and the output core; "tree" /
     "chunked" also 2·n·χ³ for the matrix products.
     """
     if method == "scan":
-        k = mps._sites_per_step(d, chi)
+        k = mps._sites_per_step(d, chi, batch)
         fwd = 2.0 * sites * d**k / k * chi * chi
     else:
         fwd = 2.0 * sites * (d * chi * chi + chi**3)
@@ -191,21 +191,25 @@ def flops_table(args, shapes, methods):
     rows = []
     for shape in shapes:
         sites, d, chi, outputs, batch = shape
+        picked = mps.choose_method(sites, d, chi, batch)  # the automatic rule on this backend
         for method in methods:
             run = ours_step(*shape, method=method)
             t = time_steps(run, steps=args.steps, min_steps=args.min_steps, budget_s=args.budget_s)
             sps = batch / t["median_s"]
-            gflops = sps * step_flops(method, sites, d, chi, outputs) / 1e9
+            gflops = sps * step_flops(method, sites, d, chi, outputs, batch) / 1e9
             rows.append({"sites": sites, "d": d, "chi": chi, "outputs": outputs, "batch": batch,
-                         "method": method, "samples_per_s": sps, "gflops": gflops,
+                         "method": method, "auto_pick": method == picked,
+                         "samples_per_s": sps, "gflops": gflops,
                          "fraction_of_matmul_peak": gflops / peak, "warmup_s": t["warmup_s"],
                          "load_avg": load_avg()})
     print(f"\n{'sites':>5} {'d':>2} {'chi':>4} {'batch':>5} {'method':>8} {'samples/s':>12} "
           f"{'GFLOP/s':>9} {'of peak':>8} {'compile+1st':>11}")
     for r in rows:
-        print(f"{r['sites']:>5} {r['d']:>2} {r['chi']:>4} {r['batch']:>5} {r['method']:>8} "
+        method = ("*" if r["auto_pick"] else "") + r["method"]
+        print(f"{r['sites']:>5} {r['d']:>2} {r['chi']:>4} {r['batch']:>5} {method:>8} "
               f"{r['samples_per_s']:>12,.0f} {r['gflops']:>9.2f} "
               f"{100 * r['fraction_of_matmul_peak']:>7.2f}% {r['warmup_s']:>10.1f}s")
+    print("* the method contract(method=None) picks on this backend (mps.choose_method)")
     return {"matmul_peak_gflops": peak, "matmul_n": n, "rows": rows}
 
 

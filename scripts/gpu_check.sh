@@ -22,11 +22,13 @@ if [ $QUICK = 1 ]; then
   STEPS=(--steps 3 --min-steps 2 --budget-s 2)
   COMPILE=64,256
   INF=(--batch 1,32 --rounds 20)
+  FORCED=(--batch 1,32 --rounds 10)
 else
   SHAPES=(--shape 784,3,10,10,500 --shape 196,2,32,10,256 --shape 784,2,64,10,128 --shape 196,2,20,10,128)
-  STEPS=(--steps 20 --min-steps 5 --budget-s 10)
+  STEPS=(--steps 20 --min-steps 5 --budget-s 4)
   COMPILE=196,784,4096
   INF=(--batch 1,256,4096 --rounds 200)
+  FORCED=(--batch 1,256,4096 --rounds 100)
 fi
 
 status=0
@@ -40,10 +42,17 @@ run() {  # run NAME CMD...: log the command and its output, remember failures
 
 : > "$LOG"
 { date -u; uname -a; nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null || echo "no nvidia-smi"; } | tee -a "$LOG"
-run devices "$PY" -c "import jax; print(jax.__version__, jax.default_backend(), jax.devices())"
+run devices "$PY" -c "import jax; print(jax.__version__, jax.default_backend(), jax.devices(), 'matmul precision:', jax.config.jax_default_matmul_precision)"
+# most important first: a run cut short by the device's time limit keeps what it finished
+run inference "$PY" scripts/bench_inference.py "${INF[@]}" --json "$DEST/inference.json"
 run flops "$PY" scripts/bench_contraction.py --flops-table "${SHAPES[@]}" --methods scan,tree,chunked \
   "${STEPS[@]}" --json "$DEST/flops_table.json"
 run compile "$PY" scripts/bench_contraction.py --compile-times "$COMPILE" --json "$DEST/compile_times.json"
-run inference "$PY" scripts/bench_inference.py "${INF[@]}" --json "$DEST/inference.json"
+# the automatic rules' accelerator branches (tn.mps.choose_method / choose_planned: "tree" or
+# "chunked"; tn.tt.choose_tt_method: "dense") against the other methods, forced, at inference
+for pair in scan,cores tree,split chunked,dense; do
+  run "inference-${pair/,/-}" "$PY" scripts/bench_inference.py "${FORCED[@]}" \
+    --mps-contraction "${pair%,*}" --tt-method "${pair#*,}" --json "$DEST/inference_${pair/,/_}.json"
+done
 echo "=== done (status $status); results in $DEST" | tee -a "$LOG"
 exit $status
