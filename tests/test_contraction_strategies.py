@@ -94,8 +94,21 @@ def test_long_chain_float32_matches_float64(method, make):
 
 def test_auto_rule_and_bad_method():
     assert mps.choose_method(784, 3, 10, 500, backend="cpu") == "scan"
-    assert mps.choose_method(784, 3, 10, 500, backend="gpu") == "tree"
-    assert mps.choose_method(4096, 2, 128, 512, backend="gpu") == "chunked"
+    # accelerators: the tree up to batch·χ = 15,000 if its site matrices fit in a quarter of the
+    # device, else the scan (H200 measurements in choose_method's docstring)
+    big = 141 << 30
+    assert mps.choose_method(784, 3, 10, 500, backend="gpu", device_bytes=big) == "tree"
+    assert mps.choose_method(784, 3, 10, 1500, backend="gpu", device_bytes=big) == "tree"
+    assert mps.choose_method(784, 3, 10, 1501, backend="gpu", device_bytes=big) == "scan"
+    assert mps.choose_method(196, 2, 20, 128, backend="gpu", device_bytes=big) == "tree"
+    assert mps.choose_method(196, 2, 20, 4096, backend="gpu", device_bytes=big) == "scan"
+    assert mps.choose_method(784, 2, 64, 128, backend="gpu", device_bytes=big) == "tree"
+    assert mps.choose_method(784, 2, 64, 512, backend="gpu", device_bytes=big) == "scan"
+    # 4·128·784·64²·3 bytes = 4.9 GB of tree: more than a quarter of 16 GiB
+    assert mps.choose_method(784, 2, 64, 128, backend="gpu", device_bytes=16 << 30) == "scan"
+    assert mps.choose_method(784, 2, 64, 128, backend="gpu", device_bytes=20 << 30) == "tree"
+    assert all(mps.choose_method(n, 2, chi, b, backend="gpu") != "chunked"
+               for n in (16, 4096) for chi in (4, 128) for b in (1, 4096))
     p = mps.init_mps(jax.random.key(0), 5, 2, 3, 2)
     with pytest.raises(DistillError, match="method must be one of"):
         mps.contract(p, jnp.zeros((4, 5, 2)), method="zigzag")

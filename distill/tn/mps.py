@@ -419,7 +419,8 @@ METHODS = ("scan", "tree", "chunked")
 _PRIVATE_METHODS = ("scan_autodiff",)  # the previous scan (autodiff of lax.scan): test reference
 
 
-def choose_method(n_sites: int, d: int, chi: int, batch: int, backend: str | None = None) -> str:
+def choose_method(n_sites: int, d: int, chi: int, batch: int, backend: str | None = None,
+                  device_bytes: int | None = None) -> str:
     """The contraction method `contract(..., method=None)` uses for these sizes.
 
     CPU: "tree" for small batches, "scan" otherwise. The tree does χ³ work per site instead
@@ -433,15 +434,43 @@ def choose_method(n_sites: int, d: int, chi: int, batch: int, backend: str | Non
       n 784 d 2 χ 64 B 128: 1,596 / 6 / 2
     (the previous scan; see docs/bench for the fused one). Re-measure with
     `scripts/bench_contraction.py` and `scripts/bench_inference.py` on other hardware.
-    GPU/TPU: "tree" (log₂ n sequential depth instead of n kernel launches) while the site
-    matrices of one segment fit in a modest budget, else "chunked" (bounded memory, still
-    n / chunk sequential steps). This branch is not measured on this project's hardware yet.
+
+    GPU/TPU: "tree" while its extra B·n·χ³ work stays small next to the scan's n/k kernel
+    launches — batch ≤ `_ACCEL_TREE_BATCH_CHI` / χ — and its site matrices fit in a quarter of
+    the device's memory (`device_bytes`; None: asked of the first device, 4 GiB if it does not
+    say), else "scan". "chunked" is never picked: it was never the fastest. Measured on one
+    H200 (jax 0.11.2, `scripts/gpu_check.sh`, docs/bench/speed_ii.md), training step
+    samples/s scan / tree, the crossover batch near 2,070 at χ 10, 700 at χ 20, 840 at χ 32
+    and 250 at χ 64:
+      n 196 d 2 χ 20 B 128: 84,927 / 155,473      B 1024: 580,853 / 506,317
+      n 196 d 2 χ 20 B 4096: 1,804,600 / 659,887  n 784 d 3 χ 10 B 500: 55,516 / 167,686
+      n 784 d 2 χ 64 B 128: 12,100 / 20,694       B 512: 41,470 / 23,026
+    and at inference (n 196, d 2, χ 20, planned, ms per call scan / tree): batch 1
+    0.91 / 0.14, 256 0.51 / 0.31, 512 0.54 / 0.48, 1024 0.68 / 0.83, 4096 0.70 / 2.44.
     """
     backend = backend or jax.default_backend()
     if backend == "cpu":
         return "tree" if batch <= _tree_max_batch(n_sites, d, chi) else "scan"
-    bytes_needed = 4 * batch * n_sites * chi * chi * 3  # site matrices + tree levels + grads
-    return "tree" if bytes_needed <= 2 << 30 else "chunked"
+    if batch * chi > _ACCEL_TREE_BATCH_CHI:
+        return "scan"
+    if device_bytes is None:
+        device_bytes = _device_bytes()
+    tree_bytes = 4 * batch * n_sites * chi * chi * 3  # site matrices + tree levels + gradients
+    return "tree" if tree_bytes <= device_bytes // 4 else "scan"
+
+
+# On accelerators the tree beats the scan up to batch ≈ this / χ (H200 crossovers: B·χ ≈ 21k at
+# χ 10, 14k at χ 20, 27k at χ 32, 16k at χ 64; see choose_method).
+_ACCEL_TREE_BATCH_CHI = 15_000
+
+
+def _device_bytes() -> int:
+    """Memory of the first device in bytes (its allocator's limit), 4 GiB if it does not say."""
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except (RuntimeError, NotImplementedError, AttributeError):  # a backend without memory statistics
+        stats = {}
+    return int(stats.get("bytes_limit", 4 << 30))
 
 
 def _tree_max_batch(n_sites: int, d: int, chi: int) -> int:
@@ -706,7 +735,7 @@ class ContractionPlan:
 def choose_planned(n_sites: int, d: int, chi: int, batch: int, backend: str | None = None) -> tuple[str, int]:
     """(method, sites per step) `plan_contraction` uses for fixed cores at this batch.
 
-    CPU: the scan at every batch; GPU / TPU: `choose_method` (not measured here). Sites per step:
+    CPU: the scan at every batch; GPU / TPU: `choose_method` (measured on an H200, see there). Sites per step:
     `_planned_sites`. Measured (n 196, d 2, χ 20, jitted, interleaved, load ~5, median / p10 ms at
     batch 1): tree 2 sites 0.221 / 0.150, scan 1 site 0.151 / 0.103, scan 2 sites 0.137 / 0.086,
     scan 4 sites 0.167 / 0.111, tree 4 sites 0.194 / 0.130 (the MLP teacher 784-512-512-10:
@@ -869,7 +898,7 @@ def contract(
       "tree"    build all site matrices (B, n, χ, χ), multiply pairwise, cost n·χ³, depth log₂ n;
       "chunked" scan over chunks of `chunk` sites (default ≈ √n, 8..64), tree inside a chunk;
       None      `choose_method(n, d, χ, B)` (CPU: "tree" for tiny batches, else "scan";
-                GPU/TPU: "tree", "chunked" if large).
+                GPU/TPU: "tree" up to B ≈ 15,000 / χ, else "scan").
     All renormalise every product and accumulate the log-norm, so all are stable in float32,
     and all give the same values, log-norms and gradients. The feature vectors are first
     scaled to max-abs 1 per site (the scales go into log_norm), so tiny features do not
