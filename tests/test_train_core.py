@@ -257,3 +257,34 @@ def test_two_processes_on_localhost_equal_one_process_with_two_devices(tmp_path)
                                                                         rel=1e-6)
     assert multi["student"]["accuracy"] == pytest.approx(one["student"]["accuracy"], abs=1e-9)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multi", "single"]  # no staging left
+
+
+def test_loss_spike_rule():
+    assert loop_mod.loss_spike([], 5.0) is None
+    assert loop_mod.loss_spike([2.0, 1.0], 3.0) is None  # 3× the lowest: not above the factor
+    assert loop_mod.loss_spike([2.0, 1.0], 3.5) == pytest.approx(3.5)
+    assert loop_mod.loss_spike([0.0], 1.0) is None  # a zero loss has no ratio
+
+
+def test_a_loss_spike_is_reported_once_and_recorded(monkeypatch, capsys):
+    """An epoch whose mean loss is 10× the earlier ones (made by scaling the step's reported loss
+    in epoch 3) is named once on stderr and recorded in History.spikes, also under --quiet."""
+    x, y = _data()
+    calls = {"n": 0}
+    real = loop_mod.train_step
+
+    def spiking(*args, **kwargs):
+        state, metrics = real(*args, **kwargs)
+        calls["n"] += 1
+        if 13 <= calls["n"] <= 24:  # 6 steps per epoch: epochs 3 and 4
+            metrics = {**metrics, "loss": metrics["loss"] * 10.0}
+        return state, metrics
+
+    monkeypatch.setattr(loop_mod, "train_step", spiking)
+    settings = train.TrainSettings(epochs=5, batch_size=16, lr=1e-2, seed=7)
+    hist = train.train_classifier(_model(), x, y, train.Validation(x[:20], y[:20]), settings, desc="student",
+                                  progress=False)
+    assert hist.spikes == [3, 4]
+    err = capsys.readouterr().err
+    assert err.count("warning: the training loss jumped") == 1 and "in epoch 3" in err and "student" in err
+    assert train.History.from_dict({k: v for k, v in hist.as_dict().items() if k != "spikes"}).spikes == []

@@ -79,7 +79,7 @@ def train_new_teacher(cfg: Config, data: Dataset, *, ckpt: Checkpointing | None,
     hist = train.train_classifier(model, data.x_train, data.y_train, val, teacher_settings(cfg), ckpt=ckpt,
                                   devices=devices, desc="teacher", progress=progress, feed=feed)
     acc = train.losses.accuracy(teachers.frozen_logits(model, data.x_test), data.y_test)
-    source = f"trained here ({cfg.teacher.arch}, {cfg.teacher.epochs} epochs)"
+    source = f"trained by distill ({cfg.teacher.arch}, {cfg.teacher.epochs} epochs, seed {cfg.seed})"
     return Teacher(model, hist.as_dict(), source, teacher_metadata(cfg, data, acc, source))
 
 

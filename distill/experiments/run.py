@@ -132,7 +132,8 @@ def _run_in(cfg: Config, folder: RunFolder, config_yaml: str, progress: bool, t0
         keys = unused_teacher_keys(cfg)
         note = f"; the config's teacher.{', teacher.'.join(keys)} are not used" if keys else ""
         arch = "architecture from the checkpoint" if teachers.is_native(teacher.model) else "run by onnxruntime"
-        say(f"teacher {teachers.describe_checkpoint(teacher.model, teacher.metadata)} ({arch}){note}")
+        say(f"teacher loaded from {cfg.teacher.checkpoint}: {teachers.describe_checkpoint(teacher.model, teacher.metadata)} "
+            f"({arch}){note}")
     is_native = teachers.is_native(teacher.model)
     t_logits = {s: teachers.frozen_logits(teacher.model, getattr(data, f"x_{s}")) for s in ("train", "val", "test")}
     teacher_acc = train.losses.accuracy(t_logits["test"], data.y_test)

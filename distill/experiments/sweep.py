@@ -349,7 +349,7 @@ def _sweep_in(cfg: Config, entries: list[Entry], folder: RunFolder, config_yaml:
         "seeds": list(cfg.sweep.seeds),
         "levels": levels,
         "statistics": {"interval": CI_METHOD, "test": TEST_METHOD, "correction": CORRECTION,
-                       "lossless": f"mean drop ≤ {LOSSLESS_PTS:g} pt from the teacher's test accuracy (seed 004)",
+                       "lossless": f"mean drop ≤ {LOSSLESS_PTS:g} pt from the teacher's test accuracy",
                        "budget_tolerance": BUDGET_TOLERANCE},
         "points": rows,
         "comparisons": comparisons,

@@ -48,6 +48,7 @@ class History:
     update_norm: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     epoch_s: list[float] = field(default_factory=list)
+    spikes: list[int] = field(default_factory=list)  # epochs (from 1) whose loss was a spike (`loss_spike`)
     best_epoch: int = 0
     best_val_accuracy: float | None = None
     score_name: str = "accuracy"
@@ -69,6 +70,22 @@ class Validation:
     y: np.ndarray
     score: Callable[[np.ndarray, np.ndarray], float] = losses.accuracy
     name: str = "accuracy"
+
+
+#: A training loss this many times the lowest epoch loss so far marks a loss spike (a step
+#: that threw the weights off; seen on 784-site MPS chains at lr 1e-3 without a warm-up).
+SPIKE_FACTOR = 3.0
+
+
+def loss_spike(losses_so_far: list[float], loss: float) -> float | None:
+    """loss / min(losses_so_far) when that ratio exceeds `SPIKE_FACTOR` (and the minimum is
+    positive), else None. losses_so_far: earlier epochs' mean training losses of this phase."""
+    if not losses_so_far:
+        return None
+    low = min(losses_so_far)
+    if low <= 0 or loss <= SPIKE_FACTOR * low:
+        return None
+    return loss / low
 
 
 def check_finite(what: str, arrays: dict[str, np.ndarray]) -> None:
@@ -174,6 +191,14 @@ def fit(model: nnx.Module, loss: Callable[[jax.Array, dict], jax.Array], x: np.n
                 raise DistillError(f"{desc}: the training loss became {means['loss']} in epoch {epoch + 1} although "
                                    "the data are finite; lower the learning rate (e.g. halve it) or lower the "
                                    "gradient clipping norm")
+            ratio = loss_spike(hist.train_loss, means["loss"])
+            if ratio is not None and not hist.spikes and jax.process_index() == 0:  # said once per phase
+                print(f"distill: {desc}: warning: the training loss jumped to {means['loss']:.4g} in epoch {epoch + 1}, "
+                      f"{ratio:.1f}× its lowest so far; training is unstable (the best validation epoch is still "
+                      "the one kept) — a lower learning rate or a warm-up (distill.warmup_epochs) usually "
+                      "prevents this", file=sys.stderr, flush=True)
+            if ratio is not None:
+                hist.spikes.append(epoch + 1)
             score = None
             kept = state.params if state.ema is None else state.ema  # what is validated and kept
             if has_val:
