@@ -269,3 +269,45 @@ def test_kd_vs_labels_refuses_mixed_run_folders(tmp_path, capsys, change, match)
     _fake_run(tmp_path / "kd" / "b0", seed=2, **change)
     assert _kd_vs_labels().main([str(tmp_path / "kd"), str(tmp_path / "lab")]) == 2
     assert match in capsys.readouterr().err
+
+
+def _budget_compare():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import budget_compare
+
+    return budget_compare
+
+
+def test_budget_compare_best_of_each_side_against_scipy(tmp_path, capsys):
+    from scipy import stats
+
+    accs = {("mps", "bond_dim", 100, 0.001): [0.900, 0.904, 0.902],  # 10,000 parameters
+            ("mps", "bond_dim", 101, 0.0005): [0.905, 0.909, 0.907],  # 10,100: the best TN
+            ("mlp", "width", 99, 0.001): [0.898, 0.899, 0.897],  # 9,900: the best baseline
+            ("mlp", "width", 99, 0.0005): [0.890, 0.891, 0.889],
+            ("mps", "bond_dim", 400, 0.001): [0.91, 0.912, 0.911],  # 40,000: no baseline near it
+            ("mlp", "width", 200, 0.001): [0.92, 0.921, 0.922]}  # 20,000: outside ±10 % of both budgets
+    for (family, knob, size, lr), values in accs.items():
+        for seed, a in enumerate(values):
+            _fake_run(tmp_path / "runs" / f"{family}{size}_{lr}_s{seed}", family=family, knob=knob, size=size,
+                      seed=seed, acc=a, lr=lr)
+    bc = _budget_compare()
+    assert bc.main([str(tmp_path / "runs"), "--budgets", "10000,40000", "--out", str(tmp_path / "out")]) == 0
+    res = json.loads((tmp_path / "out" / "budget_compare.json").read_text())
+    row10, row40 = res["budgets"]
+    assert row10["tn"] == "mps distill.lr=0.0005 bond_dim=101" and row10["baseline"] == "mlp distill.lr=0.001 width=99"
+    want = stats.ttest_ind([0.905, 0.909, 0.907], [0.898, 0.899, 0.897], equal_var=False)
+    c = row10["comparison"]
+    assert c["diff"] == pytest.approx(0.009) and c["p"] == pytest.approx(want.pvalue)
+    assert row10["p_holm"] == pytest.approx(want.pvalue)  # the only budget with both sides: Holm over one
+    assert row10["meets_min_gain"] is True  # +0.9 pt ≥ 0.5
+    assert "comparison" not in row40 and row40["candidates"] == {"tn": ["mps distill.lr=0.001 bond_dim=400"],
+                                                                 "baseline": []}
+    capsys.readouterr()
+    assert bc.main([str(tmp_path / "runs"), "--budgets", "10000", "--min-gain", "1.0"]) == 0
+    out = capsys.readouterr().out
+    assert "| +0.90 [" in out and out.rstrip().endswith("| no |")  # +0.9 pt < 1.0
+    # another teacher among the runs: refused in one line
+    _fake_run(tmp_path / "runs" / "other", teacher_acc=0.9)
+    assert bc.main([str(tmp_path / "runs"), "--budgets", "10000"]) == 2
+    assert "another dataset or teacher" in capsys.readouterr().err

@@ -1,0 +1,190 @@
+"""Pixel students at matched parameter budgets: the best tensor-network student against the best
+small-dense baseline, from `distill run` folders (a pixel student is not a sweep family).
+
+    # K = 0 1 2; T = a teacher folder; every run distilled the same way (one config, one teacher)
+    distill run configs/fashion_mps_best.yaml --set teacher.checkpoint=T --set student.bond_dim=10 \\
+        --set seed=K --out runs/budgets/mps_chi10_sK
+    distill run configs/fashion_mps_best.yaml --set teacher.checkpoint=T --set student.family=mlp \\
+        --set student.width=201 --set seed=K --out runs/budgets/mlp_w201_sK
+    python scripts/budget_compare.py runs/budgets --budgets 160000 --out runs/budget_compare
+
+The runs are grouped into variants by their config without the seed and the runtime section (so
+one variant is one student and one recipe, over seeds); all runs must share the teacher and the
+dataset. At each budget, the variants whose parameter count is within --tolerance of it compete:
+the tensor-network side (--tn families, default mps) and the baseline side (--baseline families,
+default mlp), each represented by its variant with the highest mean test accuracy. Reported: every
+variant's mean with its 95 % t-interval over seeds, Δ = best TN − best baseline with its 95 % Welch
+interval, Welch's p and the Holm-corrected p over the budgets, and whether Δ ≥ --min-gain points
+(issue 12, Q6: ≥ 0.5 pt). Picking the best of each side before testing favours neither side but
+makes the interval a little optimistic for both; every variant is listed so a reader can check.
+Writes OUT/budget_compare.json and OUT/budget_compare.md and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from distill import students  # noqa: E402
+from distill.analysis.statistics import comparison_cells, format_interval, holm, t_interval, welch  # noqa: E402
+from distill.errors import DistillError  # noqa: E402
+from distill.io import write_atomic, write_json  # noqa: E402
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True)
+    return out
+
+
+def read_runs(folder: Path) -> tuple[list[dict], dict]:
+    """Finished `distill run` folders under `folder` → (variants, the shared teacher/dataset record).
+    Each variant: {"config": flat config without seed/runtime, "family", "params", "runs": [{seed, accuracy}]}.
+    Raises DistillError for no runs, unreadable files, or runs of another teacher or dataset."""
+    runs = sorted(p for p in folder.iterdir() if (p / "results.json").is_file() and (p / "config.yaml").is_file())
+    if not runs:
+        raise DistillError(f"{folder} holds no finished `distill run` folders (results.json and config.yaml)")
+    variants: dict[tuple, dict] = {}
+    ref = first = None
+    for run in runs:
+        try:
+            res = json.loads((run / "results.json").read_text())
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+        except (OSError, ValueError, yaml.YAMLError) as err:
+            raise DistillError(f"{run}: unreadable results.json or config.yaml ({type(err).__name__})") from None
+        st, teacher = (res.get("student") or {}), (res.get("teacher") or {})
+        if not isinstance(cfg, dict) or not {"accuracy", "params", "family"} <= st.keys() or \
+                not {"accuracy", "params"} <= teacher.keys():
+            raise DistillError(f"{run}: not a finished `distill run` folder (student / teacher results missing)")
+        head = ((res.get("dataset") or {}).get("name"), teacher["accuracy"], teacher["params"])
+        if ref is None:
+            ref, first = head, run
+        elif head != ref:
+            raise DistillError(f"{run} has another dataset or teacher than {first}; compare one teacher's students")
+        flat = {k: v for k, v in _flat({k: v for k, v in cfg.items() if k not in ("seed", "name", "runtime")}).items()
+                if k != "teacher.checkpoint"}  # the same teacher may sit at two paths; `head` checks it is the same
+        key = tuple(sorted(flat.items()))
+        var = variants.setdefault(key, {"config": flat, "family": st["family"], "params": st["params"], "runs": []})
+        if var["params"] != st["params"]:
+            raise DistillError(f"{run}: {st['params']} parameters where the same config gave {var['params']}")
+        var["runs"].append({"seed": cfg.get("seed"), "accuracy": st["accuracy"], "folder": run.name})
+    out = list(variants.values())
+    _label(out)
+    return out, {"dataset": ref[0], "teacher_accuracy": ref[1], "teacher_params": ref[2]}
+
+
+def _label(variants: list[dict]) -> None:
+    """label: the family, then the keys whose values tell this variant from the others — student
+    options that vary among the variants of its family (a config also keeps other families' keys:
+    not shown), and any other key that varies among all variants (e.g. distill.lr)."""
+    def varies(key: str, among: list[dict]) -> bool:
+        return len({v["config"].get(key) for v in among}) > 1
+
+    for v in variants:
+        same_family = [w for w in variants if w["family"] == v["family"]]
+        own = {"student.downsample"} | {f"student.{f.name}" for f in dataclasses.fields(students.family(v["family"]).Options)}
+        shown = []
+        for k in sorted(v["config"]):
+            if k.startswith("student."):
+                if k in own and varies(k, same_family):
+                    shown.append(f"{k.split('.', 1)[1]}={json.loads(v['config'][k])}")
+            elif varies(k, variants):
+                shown.append(f"{k}={json.loads(v['config'][k])}")
+        v["label"] = " ".join([v["family"], *shown])
+
+
+def compare(variants: list[dict], budgets: list[int], tolerance: float, tn: set[str], baseline: set[str],
+            min_gain_pts: float) -> list[dict]:
+    """One row per budget: the best variant of each side within tolerance, Welch's test of the two,
+    Holm-corrected over the budgets that have both sides."""
+    for v in variants:
+        v["interval"] = t_interval([r["accuracy"] for r in v["runs"]]).as_dict()
+    rows = []
+    for b in budgets:
+        near = [v for v in variants if abs(v["params"] - b) <= tolerance * b]
+        sides = {name: [v for v in near if v["family"] in fams] for name, fams in (("tn", tn), ("baseline", baseline))}
+        row = {"budget": b, "candidates": {k: [v["label"] for v in vs] for k, vs in sides.items()}}
+        if all(sides.values()):
+            best = {k: max(vs, key=lambda v: v["interval"]["mean"]) for k, vs in sides.items()}
+            c = welch([r["accuracy"] for r in best["tn"]["runs"]], [r["accuracy"] for r in best["baseline"]["runs"]])
+            row.update(tn=best["tn"]["label"], baseline=best["baseline"]["label"],
+                       params=[best["tn"]["params"], best["baseline"]["params"]], comparison=c.as_dict())
+        rows.append(row)
+    adjusted = holm([r["comparison"]["p"] if "comparison" in r else None for r in rows])
+    for r, p in zip(rows, adjusted):
+        if "comparison" in r:
+            c = r["comparison"]
+            r["p_holm"] = p
+            r["meets_min_gain"] = bool(c["diff"] * 100 >= min_gain_pts)
+    return rows
+
+
+def table(variants: list[dict], rows: list[dict], head: dict, min_gain_pts: float) -> str:
+    lines = [f"Dataset {head['dataset']}; teacher {100 * head['teacher_accuracy']:.2f} % "
+             f"({head['teacher_params']:,} parameters). Test accuracy, 95 % t-intervals over seeds.", "",
+             "| variant | parameters | seeds | test acc. % [95 % CI] |", "|---|---|---|---|"]
+    for v in sorted(variants, key=lambda v: (v["params"], v["label"])):
+        lines.append(f"| {v['label']} | {v['params']:,} | {len(v['runs'])} | {format_interval(v['interval'])} |")
+    lines += ["", f"| budget | best tensor network | best baseline | Δ (pts) [95 % Welch CI] | p | p_Holm "
+              f"| Δ ≥ {min_gain_pts:g} pt |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "comparison" not in r:
+            lines.append(f"| {r['budget']:,} | {', '.join(r['candidates']['tn']) or '–'} | "
+                         f"{', '.join(r['candidates']['baseline']) or '–'} | – | – | – | no pair in range |")
+            continue
+        diff, p, p_holm = comparison_cells({**r["comparison"], "p_holm": r["p_holm"]})
+        lines.append(f"| {r['budget']:,} | {r['tn']} ({r['params'][0]:,}) | {r['baseline']} ({r['params'][1]:,}) | "
+                     f"{diff} | {p} | {p_holm} | {'yes' if r['meets_min_gain'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("runs", type=Path, help="a folder of finished `distill run` folders")
+    ap.add_argument("--budgets", required=True, help="comma list of parameter budgets, e.g. 10000,40000,160000")
+    ap.add_argument("--tolerance", type=float, default=0.1, help="a variant competes within this fraction of a budget")
+    ap.add_argument("--tn", default="mps", help="comma list of the tensor-network families")
+    ap.add_argument("--baseline", default="mlp", help="comma list of the baseline families")
+    ap.add_argument("--min-gain", type=float, default=0.5, help="points the tensor network must win by")
+    ap.add_argument("--out", type=Path, default=None, help="folder for budget_compare.{json,md}")
+    args = ap.parse_args(argv)
+    try:
+        budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
+    except ValueError:
+        ap.error(f"--budgets takes integers separated by commas, got {args.budgets!r}")
+    if not budgets or min(budgets) < 1 or not 0 < args.tolerance < 1:
+        ap.error("--budgets must be positive integers and --tolerance in (0, 1)")
+    try:
+        if not args.runs.is_dir():
+            raise DistillError(f"{args.runs} is not a folder")
+        variants, head = read_runs(args.runs)
+        rows = compare(variants, budgets, args.tolerance, set(args.tn.split(",")), set(args.baseline.split(",")),
+                       args.min_gain)
+    except DistillError as err:
+        print(f"budget_compare: error: {err}", file=sys.stderr)
+        return 2
+    md = table(variants, rows, head, args.min_gain)
+    print(md)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json(args.out / "budget_compare.json", {**head, "variants": variants, "budgets": rows,
+                                                      "tolerance": args.tolerance, "min_gain_pts": args.min_gain})
+        write_atomic(args.out / "budget_compare.md", md)
+        print(f"wrote {args.out}/budget_compare.{{json,md}}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
