@@ -17,7 +17,8 @@ variant's mean with its 95 % t-interval over seeds, Δ = best TN − best baseli
 interval, Welch's p and the Holm-corrected p over the budgets, and whether Δ ≥ --min-gain points
 (issue 12, Q6: ≥ 0.5 pt). Picking the best of each side before testing favours neither side but
 makes the interval a little optimistic for both; every variant is listed so a reader can check.
-Writes OUT/budget_compare.json and OUT/budget_compare.md and prints the table.
+Writes OUT/budget_compare.json, OUT/budget_compare.md and OUT/budget_compare.png (per budget, every
+variant's accuracy) and prints the table.
 """
 
 from __future__ import annotations
@@ -149,6 +150,41 @@ def table(variants: list[dict], rows: list[dict], head: dict, min_gain_pts: floa
     return "\n".join(lines) + "\n"
 
 
+def plot(path: Path, variants: list[dict], head: dict, tn: set[str], budgets: list[int], tolerance: float) -> None:
+    """One panel per budget: the mean test accuracy of every variant within the tolerance with its
+    95 % t-interval, tensor networks and baselines in two colours, the teacher as a line; saved
+    atomically."""
+    from matplotlib.figure import Figure
+
+    panels = [(b, sorted((v for v in variants if abs(v["params"] - b) <= tolerance * b
+                          and v["interval"]["mean"] is not None), key=lambda v: v["interval"]["mean"]))
+              for b in budgets]
+    panels = [(b, vs) for b, vs in panels if vs] or [(None, [])]
+    heights = [max(len(vs), 1) + 1.5 for _, vs in panels]
+    fig = Figure(figsize=(9.0, 0.35 * sum(heights) + 0.8), layout="constrained")
+    fig.suptitle("blue: tensor network, orange: baseline, black line: teacher; 95 % t-intervals over seeds",
+                 fontsize=8)
+    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, (b, vs) in zip(axes, panels):
+        for y, v in enumerate(vs):
+            iv = v["interval"]
+            err = None if iv["low"] is None else [[100 * (iv["mean"] - iv["low"])], [100 * (iv["high"] - iv["mean"])]]
+            side = v["family"] in tn
+            ax.errorbar([100 * iv["mean"]], [y], xerr=err, marker="o" if side else "s", capsize=3, ls="none",
+                        color="C0" if side else "C1")
+        ax.set_yticks(range(len(vs)), [f"{v['label']} ({v['params']:,}, {len(v['runs'])} seeds)" for v in vs],
+                      fontsize=7)
+        ax.axvline(100 * head["teacher_accuracy"], color="k", lw=1)
+        ax.set(xlabel="test accuracy (%)", ylim=(-0.7, len(vs) - 0.3),
+               title="no runs" if b is None else f"≈ {b:,} parameters (± {100 * tolerance:g} %)")
+        ax.title.set_fontsize(8)
+        ax.xaxis.label.set_fontsize(8)
+        ax.grid(alpha=0.3, axis="x")
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -158,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tn", default="mps", help="comma list of the tensor-network families")
     ap.add_argument("--baseline", default="mlp", help="comma list of the baseline families")
     ap.add_argument("--min-gain", type=float, default=0.5, help="points the tensor network must win by")
-    ap.add_argument("--out", type=Path, default=None, help="folder for budget_compare.{json,md}")
+    ap.add_argument("--out", type=Path, default=None, help="folder for budget_compare.{json,md,png}")
     args = ap.parse_args(argv)
     try:
         budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
@@ -182,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.out / "budget_compare.json", {**head, "variants": variants, "budgets": rows,
                                                       "tolerance": args.tolerance, "min_gain_pts": args.min_gain})
         write_atomic(args.out / "budget_compare.md", md)
-        print(f"wrote {args.out}/budget_compare.{{json,md}}")
+        plot(args.out / "budget_compare.png", variants, head, set(args.tn.split(",")), budgets, args.tolerance)
+        print(f"wrote {args.out}/budget_compare.{{json,md,png}}")
     return 0
 
 

@@ -294,6 +294,7 @@ def test_budget_compare_best_of_each_side_against_scipy(tmp_path, capsys):
     bc = _budget_compare()
     assert bc.main([str(tmp_path / "runs"), "--budgets", "10000,40000", "--out", str(tmp_path / "out")]) == 0
     res = json.loads((tmp_path / "out" / "budget_compare.json").read_text())
+    assert (tmp_path / "out" / "budget_compare.png").read_bytes()[:4] == b"\x89PNG"
     row10, row40 = res["budgets"]
     assert row10["tn"] == "mps distill.lr=0.0005 bond_dim=101" and row10["baseline"] == "mlp distill.lr=0.001 width=99"
     want = stats.ttest_ind([0.905, 0.909, 0.907], [0.898, 0.899, 0.897], equal_var=False)
