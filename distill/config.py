@@ -461,7 +461,12 @@ def keys_text(width: int = 100) -> str:
     families = student_families()
     lines.append(entry("student: ", ["family (" + " | ".join(families) + ")", "downsample",
                                      "and the family's options:"]))
-    lines += [entry(f"{fam}: ", fields_of(module.Options), indent=4) for fam, module in families.items()]
+    def options_of(module) -> list[str]:  # "name {a|b}" where the values are a fixed set
+        return [f.name + ("\u00a0{" + "|".join(f.metadata["choices"]) + "}" if f.metadata.get("choices") else "")
+                for f in dataclasses.fields(module.Options)]
+
+    lines += [entry(f"{fam} (size: {module.SIZE_KNOB}): ", options_of(module), indent=4)
+              for fam, module in families.items()]
     lines += [entry("distill: ", fields_of(DistillConfig)), entry("augment: ", fields_of(AugmentConfig)),
               entry("runtime: ", fields_of(RuntimeConfig)),
               entry("compare: ", fields_of(CompareConfig)) + "   (distill compare-maps)",

@@ -15,8 +15,9 @@ the tensor-network side (--tn families, default mps) and the baseline side (--ba
 default mlp), each represented by its variant with the highest mean test accuracy. Reported: every
 variant's mean with its 95 % t-interval over seeds, Δ = best TN − best baseline with its 95 % Welch
 interval, Welch's p and the Holm-corrected p over the budgets, and whether Δ ≥ --min-gain points
-(issue 12, Q6: ≥ 0.5 pt). Picking the best of each side before testing favours neither side but
-makes the interval a little optimistic for both; every variant is listed so a reader can check.
+with the interval above 0 (issue 12, Q6: ≥ 0.5 pt; no verdict with one seed). Picking the best of
+each side before testing favours neither side but makes the interval a little optimistic for
+both; every variant is listed so a reader can check.
 Writes OUT/budget_compare.json, OUT/budget_compare.md and OUT/budget_compare.png (per budget, every
 variant's accuracy) and prints the table.
 """
@@ -34,7 +35,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill import students  # noqa: E402
-from distill.analysis.statistics import comparison_cells, format_interval, holm, t_interval, welch  # noqa: E402
+from distill.analysis.statistics import comparison_cells, format_interval, holm, t_interval, verdict_cell, welch  # noqa: E402
 from distill.errors import DistillError  # noqa: E402
 from distill.io import write_atomic, write_json  # noqa: E402
 
@@ -96,9 +97,10 @@ def _label(variants: list[dict]) -> None:
         same_family = [w for w in variants if w["family"] == v["family"]]
         own = {"student.downsample"} | {f"student.{f.name}" for f in dataclasses.fields(students.family(v["family"]).Options)}
         shown = []
+        knob = f"student.{students.family(v['family']).SIZE_KNOB}"
         for k in sorted(v["config"]):
             if k.startswith("student."):
-                if k in own and varies(k, same_family):
+                if k == knob or (k in own and varies(k, same_family)):
                     shown.append(f"{k.split('.', 1)[1]}={json.loads(v['config'][k])}")
             elif varies(k, variants):
                 shown.append(f"{k}={json.loads(v['config'][k])}")
@@ -110,7 +112,7 @@ def compare(variants: list[dict], budgets: list[int], tolerance: float, tn: set[
     """One row per budget: the best variant of each side within tolerance, Welch's test of the two,
     Holm-corrected over the budgets that have both sides."""
     for v in variants:
-        v["interval"] = t_interval([r["accuracy"] for r in v["runs"]]).as_dict()
+        v["interval"] = t_interval([r["accuracy"] for r in v["runs"]], bounds=(0.0, 1.0)).as_dict()
     rows = []
     for b in budgets:
         near = [v for v in variants if abs(v["params"] - b) <= tolerance * b]
@@ -127,7 +129,8 @@ def compare(variants: list[dict], budgets: list[int], tolerance: float, tn: set[
         if "comparison" in r:
             c = r["comparison"]
             r["p_holm"] = p
-            r["meets_min_gain"] = bool(c["diff"] * 100 >= min_gain_pts)
+            # a win needs the gain and an interval that excludes 0; no interval (1 seed): no verdict
+            r["meets_min_gain"] = None if c["low"] is None else bool(c["diff"] * 100 >= min_gain_pts and c["low"] > 0)
     return rows
 
 
@@ -138,7 +141,7 @@ def table(variants: list[dict], rows: list[dict], head: dict, min_gain_pts: floa
     for v in sorted(variants, key=lambda v: (v["params"], v["label"])):
         lines.append(f"| {v['label']} | {v['params']:,} | {len(v['runs'])} | {format_interval(v['interval'])} |")
     lines += ["", f"| budget | best tensor network | best baseline | Δ (pts) [95 % Welch CI] | p | p_Holm "
-              f"| Δ ≥ {min_gain_pts:g} pt |", "|---|---|---|---|---|---|---|"]
+              f"| Δ ≥ {min_gain_pts:g} pt, CI > 0 |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "comparison" not in r:
             lines.append(f"| {r['budget']:,} | {', '.join(r['candidates']['tn']) or '–'} | "
@@ -146,7 +149,7 @@ def table(variants: list[dict], rows: list[dict], head: dict, min_gain_pts: floa
             continue
         diff, p, p_holm = comparison_cells({**r["comparison"], "p_holm": r["p_holm"]})
         lines.append(f"| {r['budget']:,} | {r['tn']} ({r['params'][0]:,}) | {r['baseline']} ({r['params'][1]:,}) | "
-                     f"{diff} | {p} | {p_holm} | {'yes' if r['meets_min_gain'] else 'no'} |")
+                     f"{diff} | {p} | {p_holm} | {verdict_cell(r['meets_min_gain'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -164,7 +167,7 @@ def plot(path: Path, variants: list[dict], head: dict, tn: set[str], budgets: li
     fig = Figure(figsize=(9.0, 0.35 * sum(heights) + 0.8), layout="constrained")
     fig.suptitle("blue: tensor network, orange: baseline, black line: teacher; 95 % t-intervals over seeds",
                  fontsize=8)
-    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True, gridspec_kw={"height_ratios": heights})[:, 0]
     for ax, (b, vs) in zip(axes, panels):
         for y, v in enumerate(vs):
             iv = v["interval"]
@@ -189,12 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("runs", type=Path, help="a folder of finished `distill run` folders")
-    ap.add_argument("--budgets", required=True, help="comma list of parameter budgets, e.g. 10000,40000,160000")
+    ap.add_argument("--budgets", required=True, default=argparse.SUPPRESS,
+                    help="comma list of parameter budgets, e.g. 10000,40000,160000 (required)")
     ap.add_argument("--tolerance", type=float, default=0.1, help="a variant competes within this fraction of a budget")
     ap.add_argument("--tn", default="mps", help="comma list of the tensor-network families")
     ap.add_argument("--baseline", default="mlp", help="comma list of the baseline families")
     ap.add_argument("--min-gain", type=float, default=0.5, help="points the tensor network must win by")
-    ap.add_argument("--out", type=Path, default=None, help="folder for budget_compare.{json,md,png}")
+    ap.add_argument("--out", type=Path, default=argparse.SUPPRESS,
+                    help="folder for budget_compare.{json,md,png} (without it: the table is printed only)")
     args = ap.parse_args(argv)
     try:
         budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
@@ -213,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     md = table(variants, rows, head, args.min_gain)
     print(md)
-    if args.out is not None:
+    if getattr(args, "out", None) is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         write_json(args.out / "budget_compare.json", {**head, "variants": variants, "budgets": rows,
                                                       "tolerance": args.tolerance, "min_gain_pts": args.min_gain})

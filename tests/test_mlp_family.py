@@ -79,3 +79,16 @@ def test_run_save_rebuild_predict(tmp_path, capsys):
     assert cli.main(["predict", str(out), str(tmp_path / "x.npy"), "--out", str(tmp_path / "logits.npy")]) == 0
     logits = np.load(tmp_path / "logits.npy", allow_pickle=False)
     np.testing.assert_allclose(logits, np.asarray(student(jnp.asarray(x))), rtol=1e-5, atol=1e-5)
+
+
+def test_another_familys_key_set_away_from_its_default_is_named():
+    from distill.experiments.common import unused_student_keys
+
+    cfg = from_dict({"student": {"family": "mps", "width": 32, "bond_dim": 4}})
+    assert unused_student_keys(cfg) == ["width"]
+    # kept at a default (here the mlp family's width 128): nothing to say
+    assert unused_student_keys(from_dict({"student": {"family": "mps", "width": 128}})) == []
+    cfg = from_dict({"student": {"family": "mlp", "bond_dim": 20, "feature_map": "trig", "width": 8}})
+    assert unused_student_keys(cfg) == ["bond_dim"]
+    with pytest.raises(DistillError, match="depth"):
+        from_dict({"student": {"family": "mlp", "depth": 17}})

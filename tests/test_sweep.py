@@ -301,13 +301,29 @@ def test_budget_compare_best_of_each_side_against_scipy(tmp_path, capsys):
     c = row10["comparison"]
     assert c["diff"] == pytest.approx(0.009) and c["p"] == pytest.approx(want.pvalue)
     assert row10["p_holm"] == pytest.approx(want.pvalue)  # the only budget with both sides: Holm over one
-    assert row10["meets_min_gain"] is True  # +0.9 pt ≥ 0.5
+    assert row10["meets_min_gain"] is True  # +0.9 pt ≥ 0.5, interval above 0
+    assert row10["comparison"]["low"] > 0
     assert "comparison" not in row40 and row40["candidates"] == {"tn": ["mps distill.lr=0.001 bond_dim=400"],
                                                                  "baseline": []}
     capsys.readouterr()
     assert bc.main([str(tmp_path / "runs"), "--budgets", "10000", "--min-gain", "1.0"]) == 0
     out = capsys.readouterr().out
     assert "| +0.90 [" in out and out.rstrip().endswith("| no |")  # +0.9 pt < 1.0
+    # a gain whose interval reaches below 0 is no win, however large; one seed gives no verdict
+    rows = bc.compare([{"family": "mps", "params": 100, "label": "a", "runs": [{"accuracy": a} for a in (0.5, 0.9)]},
+                       {"family": "mlp", "params": 100, "label": "b", "runs": [{"accuracy": a} for a in (0.5, 0.6)]}],
+                      [100], 0.1, {"mps"}, {"mlp"}, 0.5)
+    assert rows[0]["comparison"]["diff"] == pytest.approx(0.15) and rows[0]["comparison"]["low"] < 0
+    assert rows[0]["meets_min_gain"] is False
+    rows = bc.compare([{"family": "mps", "params": 100, "label": "a", "runs": [{"accuracy": 0.9}]},
+                       {"family": "mlp", "params": 100, "label": "b", "runs": [{"accuracy": 0.5}]}],
+                      [100], 0.1, {"mps"}, {"mlp"}, 0.5)
+    assert rows[0]["meets_min_gain"] is None
+    # intervals are clipped to accuracies in [0, 1]
+    assert rows[0]["comparison"]["diff"] == pytest.approx(0.4)
+    wide = {"family": "mps", "params": 100, "label": "a", "runs": [{"accuracy": a} for a in (0.1, 0.95)]}
+    bc.compare([wide], [100], 0.1, {"mps"}, {"mlp"}, 0.5)
+    assert wide["interval"]["low"] == 0.0 and wide["interval"]["high"] == 1.0  # the raw t-interval: ±5.4
     # another teacher among the runs: refused in one line
     _fake_run(tmp_path / "runs" / "other", teacher_acc=0.9)
     assert bc.main([str(tmp_path / "runs"), "--budgets", "10000"]) == 2

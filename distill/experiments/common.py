@@ -3,6 +3,8 @@ training the student through its phases, and measuring it against the teacher.""
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -134,6 +136,20 @@ def unused_teacher_keys(cfg: Config) -> list[str]:
     return [k for k in TEACHER_TRAINING_KEYS if getattr(cfg.teacher, k) != getattr(default, k)]
 
 
+def unused_student_keys(cfg: Config) -> list[str]:
+    """Keys of the student section that belong to other families than student.family and are set
+    away from every such family's default: the config keeps them (a family can be switched with
+    --set) but this run does not use them."""
+    out = []
+    for key, value in cfg.student.others:
+        defaults = [f.default for module in students.families().values()
+                    for f in dataclasses.fields(module.Options) if f.name == key
+                    and f.default is not dataclasses.MISSING]
+        if value not in defaults:
+            out.append(key)
+    return out
+
+
 @dataclass(frozen=True)
 class StudentInputs:
     """The student's view of the data, x[split] (N, n_in): for a pixel family the pixels pooled
@@ -209,6 +225,8 @@ def describe_student(cfg: Config, xs: StudentInputs, teacher) -> str:
         note = f"; {', '.join(kept)} kept from the teacher" if kept and convs else ""
         return f"the teacher with its {' and '.join(parts)} replaced by {what}{note}"
     h, w = xs.image_shape
+    if getattr(students.family(s.family), "ORDERED", True) is False:  # reads the pixels as a vector
+        return f"{what}, {xs.n_sites} inputs ({h}×{w} pixels)"
     return f"{what} over {xs.n_sites} sites ({h}×{w} pixels, {cfg.data.ordering} order)"
 
 

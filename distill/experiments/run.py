@@ -30,6 +30,7 @@ from distill.experiments.common import (
     teacher_params,
     train_new_teacher,
     Teacher,
+    unused_student_keys,
     unused_teacher_keys,
 )
 from distill.experiments.folder import RunFolder, default_run_dir, leftovers
@@ -122,6 +123,10 @@ def _run_in(cfg: Config, folder: RunFolder, config_yaml: str, progress: bool, t0
     work = folder.work
     report.write_atomic(work / "config.yaml", config_yaml)
     data = load_data(cfg)
+    if unused := unused_student_keys(cfg):
+        say(f"student.{', student.'.join(unused)} {'is' if len(unused) == 1 else 'are'} not used: "
+            f"{'it belongs' if len(unused) == 1 else 'they belong'} to other families than student.family = "
+            f"{cfg.student.family}")
     if cfg.teacher.checkpoint is None and given is None:  # everything checked before the teacher trains
         checks.check_teacher_size(cfg, data.image_shape, data.num_classes, len(data.y_train))
         checks.check_student(cfg, data.image_shape, data.num_classes,

@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 
 from distill.nn import ACTIVATIONS, PixelMLP
-from distill.options import at_least, choice
+from distill.options import at_least, check, choice
 
 __all__ = ["Options", "SIZE_KNOB", "build", "describe"]
 
@@ -19,11 +19,14 @@ __all__ = ["Options", "SIZE_KNOB", "build", "describe"]
 @dataclass(frozen=True)
 class Options:
     width: int = field(default=128, metadata=at_least(1))  # units per hidden layer
-    depth: int = field(default=1, metadata=at_least(1))  # hidden layers
+    # hidden layers; capped: a baseline this deep is no longer small, and building hundreds of
+    # layers (even shape-only, for the size check) takes minutes
+    depth: int = field(default=1, metadata=check("an integer from 1 to 16", lambda v: 1 <= v <= 16))
     activation: str = field(default="relu", metadata=choice(*ACTIVATIONS))
 
 
 SIZE_KNOB = "width"
+ORDERED = False  # the site order does not change what it computes (reports say so)
 
 
 def build(opts: Options, *, n_sites: int, image_shape: tuple[int, int], n_classes: int,
