@@ -211,3 +211,12 @@ def test_run_files_are_readable_by_others(digits_run):
         assert (digits_run / name).stat().st_mode & 0o777 == 0o666 & ~mask
     for name in ("teacher", "student"):
         assert (digits_run / name).stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_notes_for_unused_student_keys_and_a_warmup_longer_than_training(tmp_path, capsys):
+    out = tmp_path / "notes"
+    assert cli.main(["run", *FAST, "--set", "student.width=32", "--set", "distill.warmup_epochs=3",
+                     "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "student.width is not used: it belongs to other families than student.family = mps" in err
+    assert "distill.warmup_epochs = 3 ≥ distill.epochs = 3: the learning rate never reaches distill.lr" in err

@@ -127,6 +127,9 @@ def _run_in(cfg: Config, folder: RunFolder, config_yaml: str, progress: bool, t0
         say(f"student.{', student.'.join(unused)} {'is' if len(unused) == 1 else 'are'} not used: "
             f"{'it belongs' if len(unused) == 1 else 'they belong'} to other families than student.family = "
             f"{cfg.student.family}")
+    if cfg.distill.warmup_epochs >= cfg.distill.epochs > 0:
+        say(f"distill.warmup_epochs = {cfg.distill.warmup_epochs} ≥ distill.epochs = {cfg.distill.epochs}: the "
+            "learning rate never reaches distill.lr (lower the warm-up for short runs)")
     if cfg.teacher.checkpoint is None and given is None:  # everything checked before the teacher trains
         checks.check_teacher_size(cfg, data.image_shape, data.num_classes, len(data.y_train))
         checks.check_student(cfg, data.image_shape, data.num_classes,
