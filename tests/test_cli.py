@@ -192,8 +192,9 @@ def test_run_help_lists_every_config_key():
         for f in dataclasses.fields(tp):
             assert f.name in listed, (name, f.name)
     for family, module in config_mod.student_families().items():
-        listed = flat.split(f" {family}: ")[1].split(":")[0]
+        listed = flat.split(f" {family} (size: {module.SIZE_KNOB}): ")[1].split(":")[0]
         assert all(f.name in listed for f in dataclasses.fields(module.Options)), family
+    assert "mlp (size: width): width, depth, activation\u00a0{relu|tanh|gelu|sigmoid}" in text
     # the help of a command without a config does not pay for importing the families
     assert "config keys" not in _run_cli("check-map", "--help", cwd=ROOT).stdout
 

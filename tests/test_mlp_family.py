@@ -88,6 +88,7 @@ def test_another_familys_key_set_away_from_its_default_is_named():
     assert unused_student_keys(cfg) == ["width"]
     # kept at a default (here the mlp family's width 128): nothing to say
     assert unused_student_keys(from_dict({"student": {"family": "mps", "width": 128}})) == []
+    assert unused_student_keys(from_dict({"student": {"family": "tt", "feature_params": {}}})) == []  # a factory default
     cfg = from_dict({"student": {"family": "mlp", "bond_dim": 20, "feature_map": "trig", "width": 8}})
     assert unused_student_keys(cfg) == ["bond_dim"]
     with pytest.raises(DistillError, match="depth"):

@@ -142,9 +142,9 @@ def unused_student_keys(cfg: Config) -> list[str]:
     --set) but this run does not use them."""
     out = []
     for key, value in cfg.student.others:
-        defaults = [f.default for module in students.families().values()
-                    for f in dataclasses.fields(module.Options) if f.name == key
-                    and f.default is not dataclasses.MISSING]
+        defaults = [f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                    for module in students.families().values()
+                    for f in dataclasses.fields(module.Options) if f.name == key]
         if value not in defaults:
             out.append(key)
     return out

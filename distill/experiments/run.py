@@ -49,6 +49,13 @@ def say(message: str) -> None:
     print(f"distill: {message}", file=sys.stderr, flush=True)
 
 
+def _note_unused_student_keys(cfg: Config) -> None:
+    if unused := unused_student_keys(cfg):
+        say(f"student.{', student.'.join(unused)} {'is' if len(unused) == 1 else 'are'} not used: "
+            f"{'it belongs' if len(unused) == 1 else 'they belong'} to other families than student.family = "
+            f"{cfg.student.family}")
+
+
 def _notice_leftovers(final: Path) -> None:
     for path in leftovers(final.parent):
         say(f"an interrupted run was left in {path}; continue it with `distill run --resume "
@@ -123,19 +130,19 @@ def _run_in(cfg: Config, folder: RunFolder, config_yaml: str, progress: bool, t0
     work = folder.work
     report.write_atomic(work / "config.yaml", config_yaml)
     data = load_data(cfg)
-    if unused := unused_student_keys(cfg):
-        say(f"student.{', student.'.join(unused)} {'is' if len(unused) == 1 else 'are'} not used: "
-            f"{'it belongs' if len(unused) == 1 else 'they belong'} to other families than student.family = "
-            f"{cfg.student.family}")
     if cfg.distill.warmup_epochs >= cfg.distill.epochs > 0:
         say(f"distill.warmup_epochs = {cfg.distill.warmup_epochs} ≥ distill.epochs = {cfg.distill.epochs}: the "
             "learning rate never reaches distill.lr (lower the warm-up for short runs)")
-    if cfg.teacher.checkpoint is None and given is None:  # everything checked before the teacher trains
+    trains_teacher = cfg.teacher.checkpoint is None and given is None
+    if trains_teacher:  # everything checked before the teacher trains
         checks.check_teacher_size(cfg, data.image_shape, data.num_classes, len(data.y_train))
         checks.check_student(cfg, data.image_shape, data.num_classes,
                              checks.shape_only_teacher(cfg, data.image_shape, data.num_classes), len(data.y_train))
+        _note_unused_student_keys(cfg)
     teacher = get_teacher(cfg, data, work, progress=progress, given=given)
     checks.check_student(cfg, data.image_shape, data.num_classes, teacher.model, len(data.y_train))
+    if not trains_teacher:  # notes after the checks: a refused config gets its one-line error alone
+        _note_unused_student_keys(cfg)
     if cfg.teacher.checkpoint is not None and given is None:
         keys = unused_teacher_keys(cfg)
         note = f"; the config's teacher.{', teacher.'.join(keys)} are not used" if keys else ""
