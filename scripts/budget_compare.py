@@ -30,7 +30,6 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,6 +37,7 @@ from distill import students  # noqa: E402
 from distill.analysis.statistics import comparison_cells, format_interval, holm, t_interval, verdict_cell, welch  # noqa: E402
 from distill.errors import DistillError  # noqa: E402
 from distill.io import write_atomic, write_json  # noqa: E402
+from distill.report.results import read_finished_runs  # noqa: E402
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -54,21 +54,10 @@ def read_runs(folder: Path) -> tuple[list[dict], dict]:
     """Finished `distill run` folders under `folder` → (variants, the shared teacher/dataset record).
     Each variant: {"config": flat config without seed/runtime, "family", "params", "runs": [{seed, accuracy}]}.
     Raises DistillError for no runs, unreadable files, or runs of another teacher or dataset."""
-    runs = sorted(p for p in folder.iterdir() if (p / "results.json").is_file() and (p / "config.yaml").is_file())
-    if not runs:
-        raise DistillError(f"{folder} holds no finished `distill run` folders (results.json and config.yaml)")
     variants: dict[tuple, dict] = {}
     ref = first = None
-    for run in runs:
-        try:
-            res = json.loads((run / "results.json").read_text())
-            cfg = yaml.safe_load((run / "config.yaml").read_text())
-        except (OSError, ValueError, yaml.YAMLError) as err:
-            raise DistillError(f"{run}: unreadable results.json or config.yaml ({type(err).__name__})") from None
-        st, teacher = (res.get("student") or {}), (res.get("teacher") or {})
-        if not isinstance(cfg, dict) or not {"accuracy", "params", "family"} <= st.keys() or \
-                not {"accuracy", "params"} <= teacher.keys():
-            raise DistillError(f"{run}: not a finished `distill run` folder (student / teacher results missing)")
+    for run, res, cfg in read_finished_runs(folder):
+        st, teacher = res["student"], res["teacher"]
         head = ((res.get("dataset") or {}).get("name"), teacher["accuracy"], teacher["params"])
         if ref is None:
             ref, first = head, run

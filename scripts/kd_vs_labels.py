@@ -41,6 +41,7 @@ from distill.analysis.statistics import comparison_cells, format_interval, verdi
 from distill.errors import DistillError  # noqa: E402
 from distill.experiments.sweep import pair_sweeps  # noqa: E402
 from distill.io import write_atomic, write_json  # noqa: E402
+from distill.report.results import read_finished_runs  # noqa: E402
 
 
 def _load_yaml(path: Path) -> dict:
@@ -58,25 +59,11 @@ def _from_runs(folder: Path) -> tuple[dict, dict]:
     training phases differ."""
     from distill import students
 
-    runs = sorted(p for p in folder.iterdir() if (p / "results.json").is_file() and (p / "config.yaml").is_file())
-    if not runs:
-        raise DistillError(f"{folder} holds no `distill sweep` results and no finished `distill run` folders")
     points: dict[tuple, dict] = {}
     shared = first = ref = None
-    for run in runs:
-        try:
-            res = json.loads((run / "results.json").read_text())
-        except ValueError:
-            raise DistillError(f"{run}/results.json: not valid JSON") from None
-        cfg = _load_yaml(run / "config.yaml")
-        if not isinstance(res, dict) or not isinstance(cfg.get("student"), dict):
-            raise DistillError(f"{run} is not a `distill run` folder (its results.json or config.yaml has no student)")
-        st = res.get("student") or {}
-        family = st.get("family")
-        teacher = res.get("teacher") or {}
-        if family is None or not {"accuracy", "params"} <= st.keys() or not {"accuracy", "params"} <= teacher.keys():
-            raise DistillError(f"{run}: its results.json lacks the student's or the teacher's accuracy and parameters "
-                               "(not a finished `distill run`)")
+    for run, res, cfg in read_finished_runs(folder):
+        st, teacher = res["student"], res["teacher"]
+        family = st["family"]
         knob = students.family(family).SIZE_KNOB
         size = cfg["student"].get(knob)
         # runtime: how the run executed (checkpoints, devices), not what it trained

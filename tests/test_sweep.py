@@ -328,3 +328,7 @@ def test_budget_compare_best_of_each_side_against_scipy(tmp_path, capsys):
     _fake_run(tmp_path / "runs" / "other", teacher_acc=0.9)
     assert bc.main([str(tmp_path / "runs"), "--budgets", "10000"]) == 2
     assert "another dataset or teacher" in capsys.readouterr().err
+    # a run folder without the teacher's record (not a finished run): refused by the shared reader
+    (tmp_path / "runs" / "other" / "results.json").write_text(json.dumps({"student": {"family": "mps"}}))
+    assert bc.main([str(tmp_path / "runs"), "--budgets", "10000"]) == 2
+    assert "not a finished `distill run` folder" in capsys.readouterr().err

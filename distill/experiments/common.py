@@ -225,7 +225,7 @@ def describe_student(cfg: Config, xs: StudentInputs, teacher) -> str:
         note = f"; {', '.join(kept)} kept from the teacher" if kept and convs else ""
         return f"the teacher with its {' and '.join(parts)} replaced by {what}{note}"
     h, w = xs.image_shape
-    if getattr(students.family(s.family), "ORDERED", True) is False:  # reads the pixels as a vector
+    if not getattr(students.family(s.family), "ORDERED", True):  # reads the pixels as a vector
         return f"{what}, {xs.n_sites} inputs ({h}×{w} pixels)"
     return f"{what} over {xs.n_sites} sites ({h}×{w} pixels, {cfg.data.ordering} order)"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["TeacherResult", "StudentResult", "RunResults"]
+__all__ = ["TeacherResult", "StudentResult", "RunResults", "read_finished_runs"]
 
 
 @dataclass
@@ -60,3 +60,38 @@ class RunResults:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def read_finished_runs(folder) -> list[tuple]:
+    """The finished `distill run` folders directly under `folder`, as (path, results.json dict,
+    config.yaml dict) sorted by name — read as JSON and safe YAML, never executed. A finished run
+    has both files, and its results give the student's family, accuracy and parameters and the
+    teacher's accuracy and parameters. Raises DistillError for none, an unreadable file, or a run
+    without those records."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from distill.errors import DistillError
+
+    folder = Path(folder)
+    runs = sorted(p for p in folder.iterdir() if (p / "results.json").is_file() and (p / "config.yaml").is_file())
+    if not runs:
+        raise DistillError(f"{folder} holds no finished `distill run` folders (results.json and config.yaml)")
+    out = []
+    for run in runs:
+        try:
+            res = json.loads((run / "results.json").read_text())
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+        except (OSError, ValueError, yaml.YAMLError) as err:
+            raise DistillError(f"{run}: unreadable results.json or config.yaml ({type(err).__name__})") from None
+        st = res.get("student") if isinstance(res, dict) else None
+        teacher = res.get("teacher") if isinstance(res, dict) else None
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("student"), dict) or not isinstance(st, dict) \
+                or not isinstance(teacher, dict) or not {"family", "accuracy", "params"} <= st.keys() \
+                or not {"accuracy", "params"} <= teacher.keys():
+            raise DistillError(f"{run}: not a finished `distill run` folder (its results.json lacks the student's or "
+                               "the teacher's accuracy and parameters, or its config.yaml the student section)")
+        out.append((run, res, cfg))
+    return out
