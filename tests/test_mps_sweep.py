@@ -197,9 +197,11 @@ def test_planned_contraction_equals_contract(batch, method):
     assert (plan.method, plan.sites_per_step) == ((method, plan.sites_per_step) if method
                                                   else mps.choose_planned(n, d, chi, batch))
     z, log_norm = mps.contract_planned(plan, phi)
-    z_ref, log_ref = mps.contract(params, phi, method="scan")
-    np.testing.assert_allclose(z, z_ref, rtol=2e-5, atol=2e-6)
-    np.testing.assert_allclose(log_norm, log_ref, rtol=2e-5, atol=2e-5)
+    with jax.enable_x64(True):  # the reference: float64 (a plan sums in another order than contract)
+        z64, log64 = mps.contract(to_f64(params), to_f64(phi), method="scan")
+    for got, log_got in ((z, log_norm), mps.contract(params, phi, method="scan")):
+        np.testing.assert_allclose(got, z64, rtol=1e-4, atol=2e-5)
+        np.testing.assert_allclose(log_got, log64, rtol=2e-5, atol=2e-5)
 
 
 def _pair_zero_at_0(x):
@@ -209,6 +211,7 @@ def _pair_zero_at_0(x):
 
 @pytest.mark.parametrize("n, d, chi, k, batch, method", [
     (9, 2, 3, 4, 3, None),     # odd halves: identity-padded steps, two sites per step
+    (9, 2, 3, 4, 6, None),     # above _MATVEC_MAX_BATCH: GEMM steps (below: site-matrix steps)
     (10, 2, 3, 1, 1, None),    # no left half: the right half alone (the excess lane)
     (10, 2, 3, 9, 2, None),    # no right half
     (10, 3, 2, 2, 2, None),    # d 3: one site per step, a long excess
@@ -230,21 +233,58 @@ def test_planned_inputs_equal_the_dense_contraction(n, d, chi, k, batch, method)
         assert not np.allclose(z, mps.contract_planned(plan, fmap(x[:, :n]))[0], atol=1e-3)  # order used
 
 
-def test_planned_inputs_handle_zero_features_like_contract():
+@pytest.mark.parametrize("batch", [3, 6])  # site-matrix steps, GEMM steps
+def test_planned_inputs_handle_zero_features_like_contract(batch):
     """A site whose feature vector is exactly 0 (x = 0 under [x, x²]): z = 0 and the same
     log-norm as `contract`, no NaN; the other samples unaffected."""
     n, d, chi = 9, 2, 3
     params = random_params(3, n, d, chi, 2, 4)
-    x = np.asarray(uniform(4, (3, n))) + 0.1
+    x = np.asarray(uniform(4, (batch, n))) + 0.1
     x[1, 2] = 0.0  # left half
     x[2, 7] = 0.0  # right half
-    plan = mps.plan_contraction(params, 3)
+    plan = mps.plan_contraction(params, batch)
     got = mps.contract_planned_inputs(plan, _pair_zero_at_0, jnp.asarray(x), jnp.arange(n))
     ref = mps.contract(params, _pair_zero_at_0(jnp.asarray(x)), method="scan")
     for a, b in zip(got, ref):
         assert bool(jnp.all(jnp.isfinite(a)))
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
-    np.testing.assert_allclose(got[0][1:], 0.0)
+    np.testing.assert_allclose(got[0][1:3], 0.0)
+    assert np.all(np.abs(np.asarray(got[0][0])) > 0) and np.all(np.abs(np.asarray(got[0][3:])) > 0)
+
+
+def test_matvec_steps_equal_gemm_steps_float64_and_keep_zero_vectors():
+    """mps_sweep.sweep_forward with site-matrix steps (`_step_matvec`) against the GEMM steps,
+    float64, and a reference written from the definition: same unit vectors and log-norms; a
+    zero feature vector leaves a zero vector (its step adds 0 to the log-norm), no NaN."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(11)
+        s_, g, chi, dd, b = 7, 2, 5, 4, 3
+        w = jnp.asarray(rng.normal(size=(s_, g, chi, dd * chi)))
+        phi = rng.uniform(-1.0, 1.0, size=(s_, g, dd, b))
+        phi[3, 1, :, 2] = 0.0  # lane 1 of sample 2 meets a zero feature vector at step 3
+        v0 = jnp.asarray(rng.normal(size=(g, chi, b)))
+        v0 = v0 / jnp.linalg.norm(v0, axis=1, keepdims=True)
+        v_mv, log_mv = mps_sweep.sweep_forward(v0, w, jnp.asarray(phi), matvec=True)
+        v_gemm, log_gemm = mps_sweep.sweep_forward(v0, w, jnp.asarray(phi))
+        # reference from the definition: u = Σ_D φ_D W[:, D-block] v, normalised, per lane and sample
+        for gi in range(g):
+            for bi in range(b):
+                v, log = np.asarray(v0[gi, :, bi]), 0.0
+                for si in range(s_):
+                    m = sum(phi[si, gi, p, bi] * np.asarray(w[si, gi])[:, p * chi:(p + 1) * chi] for p in range(dd))
+                    u = m @ v
+                    nrm = np.linalg.norm(u)
+                    v, log = (u / nrm, log + np.log(nrm)) if nrm > 0 else (u * 0.0, log)
+                np.testing.assert_allclose(v_mv[gi, :, bi], v, atol=1e-12)
+                np.testing.assert_allclose(log_mv[gi, bi], log, atol=1e-12)
+        np.testing.assert_allclose(v_mv, v_gemm, atol=1e-12)
+        np.testing.assert_allclose(log_mv, log_gemm, atol=1e-12)
+        assert np.all(np.asarray(v_mv[1, :, 2]) == 0.0) and np.all(np.isfinite(np.asarray(log_mv)))
+
+
+def test_matvec_steps_rule():
+    assert [mps._matvec_steps(b, backend="cpu") for b in (1, 4, 5, 256)] == [True, True, False, False]
+    assert not mps._matvec_steps(1, backend="gpu")
 
 
 def test_planned_inputs_refuse_mismatched_shapes():

@@ -585,9 +585,12 @@ def _halves_in_sweep_order(params: MPSParams):
 def _scan_weights(params: MPSParams, k: int) -> tuple:
     """The step matrices of the fused scan (depend on the parameters only): (W lanes
     (S', 2, χ, D·χ), W of the excess (S'', 1, χ, D·χ) or None)."""
-    n, d, chi, m, ko = mps_dims(params)
-    common, lanes_len, half, excess_len = _scan_segments(ko - 1, n - ko - 1, k)
-    halves = _halves_in_sweep_order(params)
+    return _lane_weights(_halves_in_sweep_order(params), k)
+
+
+def _lane_weights(halves: tuple, k: int) -> tuple:
+    """Two half-chains in sweep order → their step matrices in `_scan_segments`' layout."""
+    common, lanes_len, half, excess_len = _scan_segments(halves[0].shape[0], halves[1].shape[0], k)
     w_lanes = None
     if lanes_len:
         w_lanes = jnp.stack([_scan_matrices(_pad_cores(c[:common], lanes_len), k) for c in halves], 1)
@@ -597,10 +600,56 @@ def _scan_weights(params: MPSParams, k: int) -> tuple:
     return w_lanes, w_excess
 
 
-def _scan_run(weights: tuple, L, R, phi_left, phi_right, k: int, unroll: int):
-    """Sweep both half-chains with `mps_sweep.sweep`, as two lanes of one sweep.
+def _boundary_as_core(vec: Array) -> Array:
+    """A boundary vector (d, χ) as a sweep-order core (1, d, χ, χ) that reads only bond channel
+    0: A[p, 0, :] = vec[p], other rows 0. Swept from the unit start vector e₀ it gives
+    Σ_p φ_p vec[p], the boundary's own contraction, as one more step of the sweep."""
+    d, chi = vec.shape
+    return jnp.zeros((1, d, chi, chi), vec.dtype).at[0, :, 0, :].set(vec)
 
-    weights from `_scan_weights`; L, R (χ, B) unit start vectors; phi_* (B, S_*, d) in sweep
+
+def _folded_halves(params: MPSParams):
+    """Both half-chains in sweep order with their boundary site first, as `_halves_in_sweep_order`:
+    (sites 0..k-1 (k, d, χ, χ), sites n-1..k (n-k, d, χ, χ)); a sweep of them starts from e₀."""
+    left, right = _halves_in_sweep_order(params)
+    return (jnp.concatenate([_boundary_as_core(params.first), left]),
+            jnp.concatenate([_boundary_as_core(params.last), right]))
+
+
+def _planned_scan_weights(params: MPSParams, k: int) -> tuple:
+    """`_scan_weights` of the half-chains with their boundary sites folded in (`_folded_halves`):
+    the layout a scan `ContractionPlan` keeps. With the weights fixed, each boundary costs one
+    (merged) step of the sweep instead of its own contraction and normalisation outside the
+    loop: at batch 1 the time goes to XLA operations, not to their arithmetic."""
+    return _lane_weights(_folded_halves(params), k)
+
+
+_MATVEC_MAX_BATCH = 4  # site-matrix steps: faster up to 4 samples, several times slower at 8
+
+
+def _matvec_steps(batch: int, backend: str | None = None) -> bool:
+    """Whether a planned scan (fixed cores, inference) steps by site matrix times vector
+    (`mps_sweep._step_matvec`) rather than by a GEMM: on CPU for batches of at most 4 samples.
+    The sweep alone at the fashion_mps student's shape (n 196, d 2, χ 20, two sites per step),
+    `python scripts/sweep_anatomy.py --batch B --functions sweep_matvec,sweep_gemm`, median µs
+    per call, quiet machine: batch 1 / 2 / 4: 67 / 86 / 118 against the GEMM steps' 76 / 135 /
+    142; at batch 8, 1357 against 179 (XLA splits the step into 14 operations there, and above 8
+    operations a loop body runs through XLA:CPU's slower dataflow executor).
+    Not measured on accelerators, where the plan takes the tree at small batches anyway."""
+    return (backend or jax.default_backend()) == "cpu" and batch <= _MATVEC_MAX_BATCH
+
+
+def _unit_starts(chi: int, like: Array) -> Array:
+    """The start vector e₀ of a folded sweep for every sample: (χ, B), B and dtype of like (B,)."""
+    return jnp.broadcast_to(jnp.zeros((chi, 1), like.dtype).at[0].set(1.0), (chi, like.shape[0]))
+
+
+def _scan_run(weights: tuple, L, R, phi_left, phi_right, k: int, unroll: int, matvec: bool = False):
+    """Sweep both half-chains with `mps_sweep.sweep` (matvec: `mps_sweep.sweep_forward`'s
+    site-matrix steps), as two lanes of one sweep.
+
+    weights from `_scan_weights` (or a plan's `_planned_scan_weights`, from L = R = e₀ and φ
+    with the boundary sites); L, R (χ, B) unit start vectors; phi_* (B, S_*, d) in sweep
     order (the right half reversed). Returns (L, R, log_l, log_r), L and R (χ, B).
     """
     common, lanes_len, half, excess_len = _scan_segments(phi_left.shape[1], phi_right.shape[1], k)
@@ -611,21 +660,27 @@ def _scan_run(weights: tuple, L, R, phi_left, phi_right, k: int, unroll: int):
     if excess_len:  # the longer half's remaining sites, one lane
         ph = (phi_left, phi_right)[half]
         p_excess = _scan_features(_pad_features(ph[:, common:], excess_len), k)
-    return _sweep_lanes(weights, L, R, p_lanes, p_excess, half, unroll)
+    return _sweep_lanes(weights, L, R, p_lanes, p_excess, half, unroll, matvec)
 
 
-def _sweep_lanes(weights: tuple, L, R, p_lanes, p_excess, half: int, unroll: int):
+def _sweep_lanes(weights: tuple, L, R, p_lanes, p_excess, half: int, unroll: int, matvec: bool = False):
     """The fused sweep of both halves given their step features: p_lanes (S', 2, D, B) or None,
     p_excess (S'', D, B) of half `half` or None (layouts of `_scan_segments`); L, R (χ, B).
+    matvec: the forward-only sweep with site-matrix steps (`mps_sweep.sweep_forward`; inference
+    at a few samples, `_matvec_steps`), else `mps_sweep.sweep` (GEMM steps, hand-written gradient).
     Returns (L, R, log_l, log_r), L and R (χ, B)."""
     w_lanes, w_excess = weights
+    if matvec:
+        sweep = lambda v, w, p, u: mps_sweep.sweep_forward(v, w, p, u, matvec=True)  # noqa: E731
+    else:
+        sweep = mps_sweep.sweep
     v = jnp.stack([L, R])
     logs = jnp.zeros((2,) + L.shape[1:], L.dtype)
     if p_lanes is not None:
-        v, logs = mps_sweep.sweep(v, w_lanes, p_lanes, unroll)
+        v, logs = sweep(v, w_lanes, p_lanes, unroll)
     vs, lg = [v[0], v[1]], [logs[0], logs[1]]
     if p_excess is not None:
-        v1, l1 = mps_sweep.sweep(vs[half][None], w_excess, p_excess[:, None], unroll)
+        v1, l1 = sweep(vs[half][None], w_excess, p_excess[:, None], unroll)
         vs[half], lg[half] = v1[0], lg[half] + l1[0]
     return vs[0], vs[1], lg[0], lg[1]
 
@@ -658,6 +713,11 @@ def _contract_core(params, phi, arrangement, unroll, method, chunk, sites_per_st
         raise DistillError(f"MPS contract: method must be one of {METHODS} or None, got {method!r}")
 
     phi, log_phi = _prenormalise(phi.astype(params.out.dtype))
+    if method == "scan" and prepared is not None:  # a plan's layout: boundaries folded in
+        e0 = _unit_starts(chi, phi[:, 0, 0])
+        Lt, Rt, log_l, log_r = _scan_run(prepared, e0, e0, phi[:, :k], phi[:, k:][:, ::-1],
+                                         sites_per_step, unroll, _matvec_steps(batch))
+        return _close(params, Lt.T, Rt.T, log_phi, log_l, log_r)
     L, log_l = _normalise(jnp.einsum("bp,pr->br", phi[:, 0], params.first))
     R, log_r = _normalise(jnp.einsum("bp,pl->bl", phi[:, n - 1], params.last))
     phi_left = phi[:, 1:k]  # (B, k-1, d), sites 1..k-1 left to right
@@ -671,7 +731,7 @@ def _contract_core(params, phi, arrangement, unroll, method, chunk, sites_per_st
         log_l, log_r = log_l + ls, log_r + rs
     elif method == "scan":
         kk = sites_per_step or _sites_per_step(d, chi, batch)
-        weights = _scan_weights(params, kk) if prepared is None else prepared
+        weights = _scan_weights(params, kk)
         Lt, Rt, ls, rs = _scan_run(weights, L.T, R.T, phi_left, phi_right, kk, unroll)
         L, R = Lt.T, Rt.T
         log_l, log_r = log_l + ls, log_r + rs
@@ -727,7 +787,7 @@ class ContractionPlan:
     """
 
     params: MPSParams
-    prepared: object  # scan: (W lanes, W excess | None); tree: (size, 2, d, χ, χ); else None
+    prepared: object  # scan: `_planned_scan_weights`; tree: (size, 2, d, χ, χ); else None
     method: str
     sites_per_step: int
 
@@ -777,7 +837,7 @@ def _prepare(params, method, k):
     if method == "tree":
         return _tree_cores(params, k)
     if method == "scan":
-        return _scan_weights(params, k)
+        return _planned_scan_weights(params, k)
     return None
 
 
@@ -785,7 +845,8 @@ def _prepare(params, method, k):
 def contract_planned(plan: ContractionPlan, phi: Array) -> tuple[Array, Array]:
     """`contract(plan.params, phi, method=plan.method)` with the precomputed core layout:
     the same (z (B, m), log_norm (B,)) for phi (B, n, d), less per-call work (what a
-    batch-1 prediction needs). Differentiable in phi; gradients do not reach the plan's
+    batch-1 prediction needs; for the scan, the boundaries folded into the sweep and, on CPU up
+    to 4 samples, site-matrix steps: `_matvec_steps`). Differentiable in phi; gradients do not reach the plan's
     prepared layouts' source parameters (it is for inference).
 
     Raises:
@@ -805,7 +866,9 @@ def contract_planned_inputs(plan: ContractionPlan, feature_map, x: Array, site_i
     hashable: it is a static argument). For the scan, the inputs are first gathered into the
     sweep's step layout, batch minor, and the map is applied there: forming φ (B, n, d) and
     moving it into that layout (transposes with d = 2 minor) took about a third of a batch-256
-    prediction (`docs/bench/speed_ii.md`). Other methods form φ and call `contract_planned`.
+    prediction (`docs/bench/speed_ii.md`). The boundary sites are steps of the sweep (the plan's
+    folded layout), and on CPU up to 4 samples each step is a site matrix times a vector
+    (`_matvec_steps`). Other methods form φ and call `contract_planned`.
     For inference: not meant to be differentiated.
 
     Raises:
@@ -826,42 +889,52 @@ def contract_planned_inputs(plan: ContractionPlan, feature_map, x: Array, site_i
     def features(slots: np.ndarray) -> tuple[Array, Array]:
         """Sites `slots` (..., K) (-1: an identity site) → the K-fold products of their scaled
         features (..., d^K, B) and the scales' log-sum over the slots (B,)."""
-        # not vmapped over the batch: the map sees the whole array (`feature_maps.cos_sin` branches once)
-        phi = jnp.moveaxis(feature_map(xt[site_inputs[np.maximum(slots, 0)]]), -1, -2)
-        if phi.shape[-2] != d:
-            raise DistillError(f"MPS contract_planned_inputs: the feature map gives d = {phi.shape[-2]}, "
+        # not vmapped over the batch: the map sees the whole array (`feature_maps.cos_sin` branches
+        # once). Each component is kept as its own (..., K, B) array and the products are formed
+        # elementwise, batch minor: moving d next to the batch took two layout copies more.
+        raw = feature_map(xt[site_inputs[np.maximum(slots, 0)]])  # (..., K, B, d)
+        if raw.shape[-1] != d:
+            raise DistillError(f"MPS contract_planned_inputs: the feature map gives d = {raw.shape[-1]}, "
                                f"the cores d = {d}")
+        comps = [raw[..., p] for p in range(d)]
         if np.any(slots < 0):  # identity sites read e_0 (`_pad_cores`)
-            e0 = jnp.zeros((d, 1), dtype).at[0].set(1.0)
-            phi = jnp.where(jnp.asarray(slots < 0)[..., None, None], e0, phi)
-        phi, logs = _scale_features(phi, -2)
-        merged = phi[..., 0, :, :]
-        for j in range(1, phi.shape[-3]):  # φ_{s1} ⊗ … ⊗ φ_{sK}, s1 slowest (`merge_features`)
-            merged = jnp.reshape(merged[..., :, None, :] * phi[..., j, None, :, :],
-                                 merged.shape[:-2] + (-1, merged.shape[-1]))
+            pad = jnp.asarray(slots < 0)[..., None]
+            comps = [jnp.where(pad, 1.0 if p == 0 else 0.0, c) for p, c in enumerate(comps)]
+        top = functools.reduce(jnp.maximum, [jnp.abs(c) for c in comps])  # as `_scale_features`
+        ok = top > 0
+        safe = jnp.where(ok, top, 1.0)
+        inv = jnp.where(ok, 1.0 / safe, 0.0)
+        comps = [c * inv for c in comps]
+        logs = jnp.where(ok, jnp.log(safe), 0.0)  # (..., K, B)
+        rows = []
+        for idx in np.ndindex(*(d,) * slots.shape[-1]):  # φ_{s1} ⊗ … ⊗ φ_{sK}, s1 slowest (`merge_features`)
+            term = comps[idx[0]][..., 0, :]
+            for j in range(1, len(idx)):
+                term = term * comps[idx[j]][..., j, :]
+            rows.append(term)
+        merged = jnp.stack(rows, axis=-2)
         return merged, jnp.sum(jnp.reshape(logs, (-1, logs.shape[-1])), axis=0)
 
-    # both ends in one batched op: at batch 1 the time is per XLA op
-    ends, log_phi = features(np.array([[0], [n - 1]]))  # (2, d, B)
-    v0 = jnp.einsum("gpb,gpr->grb", ends, jnp.stack([params.first, params.last]))
-    inv0 = mps_sweep.inv_norm(v0, axis=1)
-    v0, log0 = v0 * inv0[:, None, :], mps_sweep.log_from_inv(inv0)
+    # the boundaries are steps of the sweep (the plan's folded layout), from e₀; up to 4 samples
+    # the steps are site matrix times vector (`_matvec_steps`, docs/bench/speed_ii.md)
     lanes, excess, half = _step_sites(n, k, plan.sites_per_step)
-    p_lanes = p_excess = None
+    log_phi = p_lanes = p_excess = None
     if lanes is not None:
-        p_lanes, logs = features(lanes)
-        log_phi = log_phi + logs
+        p_lanes, log_phi = features(lanes)
     if excess is not None:
         p_excess, logs = features(excess)
-        log_phi = log_phi + logs
-    Lt, Rt, ls, rs = _sweep_lanes(plan.prepared, v0[0], v0[1], p_lanes, p_excess, half, 1)
-    return _close(params, Lt.T, Rt.T, log_phi, log0[0] + ls, log0[1] + rs)
+        log_phi = logs if log_phi is None else log_phi + logs
+    e0 = _unit_starts(chi, xt[0])
+    Lt, Rt, ls, rs = _sweep_lanes(plan.prepared, e0, e0, p_lanes, p_excess, half, 1,
+                                  _matvec_steps(_static_batch(x.shape[0])))
+    return _close(params, Lt.T, Rt.T, log_phi, ls, rs)
 
 
 def _step_sites(n: int, k: int, kk: int) -> tuple:
-    """The sites each step of the fused scan reads (`_scan_run`'s layout, static): (lanes
-    (S', 2, kk) or None, excess (S'', kk) or None, the excess's half); -1 marks identity sites."""
-    left, right = np.arange(1, k), np.arange(k, n - 1)[::-1]  # sweep order
+    """The sites each step of a planned scan reads (`_scan_run`'s layout of `_folded_halves`,
+    static): (lanes (S', 2, kk) or None, excess (S'', kk) or None, the excess's half); -1 marks
+    identity sites."""
+    left, right = np.arange(0, k), np.arange(k, n)[::-1]  # sweep order, boundaries first
     common, lanes_len, half, excess_len = _scan_segments(len(left), len(right), kk)
 
     def table(sites, length):

@@ -81,12 +81,35 @@ def _step(v: Array, w: Array, phi: Array) -> tuple[Array, Array]:
     return u * inv[:, None, :], inv
 
 
-def sweep_forward(v0: Array, w: Array, phi: Array, unroll: int = 1) -> tuple[Array, Array]:
-    """Forward-only sweep (no residuals): see `sweep`. Returns (v (G, χ, B), logs (G, B))."""
+def _step_matvec(v: Array, w: Array, phi: Array) -> tuple[Array, Array]:
+    """`_step` for a few samples: the site matrix M = Σ_D φ_D A_D (G, χo, χi, B) is formed and
+    applied to v by multiplies and one sum, with no GEMM. Same arguments and results.
+
+    Why: at batch 1 on XLA:CPU a step costs its operations' fixed overhead, not its arithmetic.
+    `_step` is a slice copy of the step's (χ, D·χ) matrices, the outer product φ ⊗ v and a batched
+    dot; here the slice, the weighting by φ and the product with v are one fusion, which reads the
+    matrices in place (docs/bench/speed_ii.md, "Inference at batch 1"). Its work grows as B·D·χ²
+    in code slower than a GEMM, so only for batches of a few samples (`tn.mps._matvec_steps`).
+    """
+    g, co, k = w.shape
+    dd = phi.shape[1]
+    w4 = jnp.reshape(w, (g, co, dd, k // dd))  # [g, o, D, i]: D slowest in the (D, χi) columns
+    m = phi[:, 0, None, None, :] * w4[:, :, 0, :, None]  # (G, o, i, B)
+    for p in range(1, dd):  # a sum of D terms, not a reduce: fuses with the slice and the product
+        m = m + phi[:, p, None, None, :] * w4[:, :, p, :, None]
+    u = jnp.sum(m * v[:, None, :, :], axis=2)
+    inv = inv_norm(u, axis=1)
+    return u * inv[:, None, :], inv
+
+
+def sweep_forward(v0: Array, w: Array, phi: Array, unroll: int = 1, matvec: bool = False) -> tuple[Array, Array]:
+    """Forward-only sweep (no residuals): see `sweep`. Returns (v (G, χ, B), logs (G, B)).
+    matvec: each step as `_step_matvec` (for batches of a few samples), else `_step` (a GEMM)."""
+    step = _step_matvec if matvec else _step
 
     def body(carry, xs):
         v, log_acc = carry
-        v, inv = _step(v, *xs)
+        v, inv = step(v, *xs)
         return (v, log_acc + log_from_inv(inv)), None
 
     init = (v0, jnp.zeros((v0.shape[0], v0.shape[2]), v0.dtype))
