@@ -344,11 +344,27 @@ def _chain(blocks: Sequence[Array], x2: Array, reverse: bool) -> Array:
     is ever transposed (on XLA:CPU, transposes fused with reshapes cost more than the GEMMs);
     see `_step_kind` for how each product is done.
     """
+    shapes = tuple(tuple(int(v) for v in b.shape) for b in blocks)
+    return _chain_arranged([_chain_matrix(b, reverse) for b in blocks], shapes, x2, reverse)
+
+
+def _chain_matrix(block: Array, reverse: bool) -> Array:
+    """A block (l, O, Q, r) as the matrix `_chain` multiplies by: (l·O, Q·r) from the last block
+    (a free reshape), (O·r, l·Q) from the first (a transpose: an inference plan stores it formed,
+    `tt_plan`)."""
+    l, o, q, r = (int(v) for v in block.shape)
+    if reverse:
+        return jnp.reshape(block, (l * o, q * r))  # (N = (l, O), K = (Q, r))
+    return jnp.reshape(jnp.transpose(block, (1, 3, 0, 2)), (o * r, l * q))
+
+
+def _chain_arranged(mats: Sequence[Array], shapes: Sequence[tuple], x2: Array, reverse: bool) -> Array:
+    """`_chain` given each block's matrix (`_chain_matrix`) and its shape (l, O, Q, r)."""
     batch = x2.shape[0]
-    n = len(blocks)
-    in_modes = [int(b.shape[2]) for b in blocks]
+    n = len(mats)
+    in_modes = [sh[2] for sh in shapes]
     n_in = math.prod(in_modes)
-    n_out = math.prod(int(b.shape[1]) for b in blocks)
+    n_out = math.prod(sh[1] for sh in shapes)
     if reverse:
         state = jnp.reshape(x2, (batch * n_in // in_modes[-1], in_modes[-1], 1))
         order = range(n - 1, -1, -1)
@@ -356,11 +372,8 @@ def _chain(blocks: Sequence[Array], x2: Array, reverse: bool) -> Array:
         state = jnp.reshape(x2, (batch, in_modes[0], n_in // in_modes[0]))
         order = range(n)
     for k in order:
-        l, o, q, r = (int(v) for v in blocks[k].shape)
-        if reverse:
-            core = jnp.reshape(blocks[k], (l * o, q * r))  # (N = (l, O), K = (Q, r))
-        else:
-            core = jnp.reshape(jnp.transpose(blocks[k], (1, 3, 0, 2)), (o * r, l * q))
+        l, o, q, r = shapes[k]
+        core = mats[k]
         p, _, s = state.shape
         kind = _step_kind(p, core.shape[0], core.shape[1], s)
         if kind == "plain" and s == 1:
@@ -597,17 +610,19 @@ def tt_matvec(cores: Sequence[Array], x: Array, *, method: str | None = None) ->
 
 
 @functools.partial(
-    jax.tree_util.register_dataclass, data_fields=("blocks",), meta_fields=("method", "reverse")
+    jax.tree_util.register_dataclass, data_fields=("blocks",), meta_fields=("method", "reverse", "shapes")
 )
 @dataclasses.dataclass(frozen=True)
 class TTPlan:
-    """A TT-matrix laid out once for inference (`tt_plan`): "dense" holds Wᵀ (N_in, N_out),
-    "split" the two merged blocks, "cores" the cores; "modes" (`tt_export_plan`) the cores for
-    `tt_matvec_modes`. A pytree (method, reverse static)."""
+    """A TT-matrix laid out once for inference (`tt_plan`): "dense" holds Wᵀ (N_in, N_out);
+    "split" the two merged blocks and "cores" the cores, each as the matrix the chain multiplies
+    by (`_chain_matrix`; `shapes` their (l, O, Q, r)); "modes" (`tt_export_plan`) the cores for
+    `tt_matvec_modes`. A pytree (method, reverse, shapes static)."""
 
     blocks: tuple
     method: str
     reverse: bool
+    shapes: tuple | None = None
 
 
 def tt_plan(cores: Sequence[Array], batch: int, *, method: str | None = None) -> TTPlan:
@@ -645,8 +660,15 @@ def tt_plan(cores: Sequence[Array], batch: int, *, method: str | None = None) ->
         return TTPlan((jnp.transpose(tt_to_dense(cores)),), "dense", False)
     if method == "split" and isinstance(detail, tuple):
         bond, rev = detail
-        return TTPlan((_merge(cores[:bond]), _merge(cores[bond:])), "split", bool(rev))
-    return TTPlan(tuple(cores), method, bool(detail))
+        return _chain_plan((_merge(cores[:bond]), _merge(cores[bond:])), "split", bool(rev))
+    return _chain_plan(tuple(cores), method, bool(detail))
+
+
+def _chain_plan(blocks: tuple, method: str, reverse: bool) -> TTPlan:
+    """The blocks stored as `_chain`'s matrices: at batch 1, transposing them on every call took
+    4 of the TT student's 12 XLA operations (docs/bench/speed_ii.md)."""
+    shapes = tuple(tuple(int(v) for v in b.shape) for b in blocks)
+    return TTPlan(tuple(_chain_matrix(b, reverse) for b in blocks), method, reverse, shapes)
 
 
 def tt_matvec_modes(cores: Sequence[Array], x2: Array) -> Array:
@@ -696,7 +718,7 @@ def tt_matvec_planned(plan: TTPlan, x: Array) -> Array:
     elif plan.method == "dense":
         y = jnp.matmul(x2, plan.blocks[0])
     else:
-        y = _chain(list(plan.blocks), x2, plan.reverse)
+        y = _chain_arranged(list(plan.blocks), plan.shapes, x2, plan.reverse)
     return jnp.reshape(y, lead + (y.shape[-1],))
 
 
