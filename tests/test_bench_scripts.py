@@ -47,3 +47,31 @@ def test_flops_table_rows_and_auto_pick(tmp_path):
 def test_gpu_check_script_is_valid_bash():
     proc = subprocess.run(["bash", "-n", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_sweep_anatomy_counts_loop_body_operations_and_runs(tmp_path):
+    """`loop_body_thunks` counts a compiled loop body's operations (here a body that XLA cannot
+    fuse into fewer than two: a dot and the elementwise work after it); the script runs and
+    reports the planned sweep's step forms."""
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import sweep_anatomy as sa
+    finally:
+        sys.path.pop(0)
+
+    def scan(v, w):
+        return jax.lax.scan(lambda u, wk: (jnp.tanh(wk @ u), None), v, w)[0]
+
+    hlo = jax.jit(scan).lower(jnp.ones((8,)), jnp.ones((5, 8, 8))).compile().as_text()
+    assert 2 <= sa.loop_body_thunks(hlo) <= 8
+    with pytest.raises(ValueError, match="no while loop"):
+        sa.loop_body_thunks(jax.jit(jnp.tanh).lower(jnp.ones(3)).compile().as_text())
+    res, stdout = _run(["scripts/sweep_anatomy.py", "--rounds", "2", "--functions", "null,sweep_matvec,sweep_gemm"],
+                       tmp_path)
+    assert set(res["timing"]) == {"null", "sweep_matvec", "sweep_gemm"}
+    assert res["steps"] == 49 and res["lanes"] == 2 and res["step_k"] == 80
+    assert set(res["loop_body_thunks"]) == {"sweep_matvec", "sweep_gemm"}
+    assert "thunks in the loop body" in stdout

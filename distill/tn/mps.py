@@ -632,9 +632,11 @@ def _matvec_steps(batch: int, backend: str | None = None) -> bool:
     (`mps_sweep._step_matvec`) rather than by a GEMM: on CPU for batches of at most 4 samples.
     The sweep alone at the fashion_mps student's shape (n 196, d 2, χ 20, two sites per step),
     `python scripts/sweep_anatomy.py --batch B --functions sweep_matvec,sweep_gemm`, median µs
-    per call, quiet machine: batch 1 / 2 / 4: 67 / 86 / 118 against the GEMM steps' 76 / 135 /
-    142; at batch 8, 1357 against 179 (XLA splits the step into 14 operations there, and above 8
-    operations a loop body runs through XLA:CPU's slower dataflow executor).
+    per call, quiet machine, two runs (docs/bench/sweep_anatomy_steps_b*.json holds the second):
+    batch 1: 59–67 against the GEMM steps' 60–76 (p10 44–46 against 51–56); batch 2: 86 against
+    135–139; batch 4: 118–147 against 142–167; batch 8: 1357–1369 against 179–184 (XLA splits
+    the step into 14 operations there, and a loop body of more than 8 operations runs through
+    XLA:CPU's slower dataflow executor).
     Not measured on accelerators, where the plan takes the tree at small batches anyway."""
     return (backend or jax.default_backend()) == "cpu" and batch <= _MATVEC_MAX_BATCH
 
