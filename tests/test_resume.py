@@ -82,9 +82,18 @@ def test_sigterm_saves_and_says_how_to_resume(reference, tmp_path):
     assert code == 143
     assert err.strip().splitlines()[-1] == (f"distill: SIGTERM received: checkpoint saved; continue with "
                                             f"`distill run --resume {out}`")
+    # the time spent before the stop is kept, and the resumed run's wall time adds it: a
+    # recorded 1000 s (planted, so that the sum cannot pass by chance) shows in the result
+    (recorded,) = tmp_path.glob(".run.partial-*/checkpoints/wall_time.json")
+    assert json.loads(recorded.read_text())["wall_time_s"] > 0
+    recorded.write_text(json.dumps({"wall_time_s": 1000.0}))
+    t_resume = time.perf_counter()
     code, _, err = _finish(_cli("run", "--resume", str(out), "--quiet"))
+    resumed_part = time.perf_counter() - t_resume
     assert code == 0, err
-    assert comparable(json.loads((out / "results.json").read_text())) == reference
+    results = json.loads((out / "results.json").read_text())
+    assert comparable(results) == reference
+    assert 1000.0 < results["wall_time_s"] < 1000.0 + resumed_part
 
 
 def test_resume_refusals(tmp_path):

@@ -7,6 +7,8 @@ hidden staging name (`experiments.folder`): complete, or absent, or resumable.
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -114,11 +116,13 @@ def run(cfg: Config, out: str | Path | None = None, progress: bool = True, *, te
     folder = _folder or RunFolder.start(final)
     if _folder is None:
         _notice_leftovers(folder.final)
+    t0 -= _earlier_wall_time(folder.work)  # a resumed run's wall time counts its earlier parts
     config_yaml = dump_yaml(cfg)
     try:
         with stop_on_signals():
             results = _run_in(cfg, folder, config_yaml, progress, t0, teacher)
     except RunInterrupted:
+        _record_wall_time(folder.work, time.perf_counter() - t0)
         raise
     except BaseException:
         folder.abort()
@@ -206,6 +210,30 @@ def _run_in(cfg: Config, folder: RunFolder, config_yaml: str, progress: bool, t0
     report.write_atomic(work / "report.md", report.markdown_report(results, config_yaml))
     _drop_checkpoints(work)
     return results
+
+
+_WALL_TIME = "wall_time.json"  # under CHECKPOINTS (removed with them when the run finishes)
+
+
+def _record_wall_time(work: Path, seconds: float) -> None:
+    """Keep the wall time a run spent before it stopped on SIGTERM / SIGINT, for `resume`.
+    Best effort: a run that cannot write it is still resumable (its wall time then counts the
+    resumed part only)."""
+    try:
+        (work / CHECKPOINTS).mkdir(exist_ok=True)
+        report.write_json(work / CHECKPOINTS / _WALL_TIME, {"wall_time_s": seconds})
+    except OSError:
+        pass
+
+
+def _earlier_wall_time(work: Path) -> float:
+    """Seconds spent by the earlier parts of a resumed run (`_record_wall_time`); 0 for a new run
+    and for parts killed outright (SIGKILL, power loss), which leave no record."""
+    try:
+        value = json.loads((work / CHECKPOINTS / _WALL_TIME).read_text())["wall_time_s"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0 else 0.0
 
 
 def per_sample(lat: dict[str, float] | None) -> dict[str, float] | None:

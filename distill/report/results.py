@@ -52,7 +52,7 @@ class RunResults:
     compression_ratio: float | None  # teacher params / student params; None for a black-box teacher
     accuracy_drop_pts: float  # teacher − student accuracy, percentage points
     lossless: bool  # drop ≤ 1 pt (seed 004)
-    wall_time_s: float
+    wall_time_s: float  # seconds; a resumed run adds its earlier parts that stopped on SIGTERM / SIGINT
     devices: int  # devices the training steps ran on
     platform: str  # cpu, gpu or tpu
     resumed: bool = False  # whether the run was continued with --resume
