@@ -282,6 +282,20 @@ def test_matvec_steps_equal_gemm_steps_float64_and_keep_zero_vectors():
         assert np.all(np.asarray(v_mv[1, :, 2]) == 0.0) and np.all(np.isfinite(np.asarray(log_mv)))
 
 
+@pytest.mark.parametrize("batch", [2, 6])  # site-matrix steps, GEMM steps
+def test_planned_contraction_is_differentiable_in_phi(batch):
+    """contract_planned's documented gradient in φ equals contract's (float64)."""
+    with jax.enable_x64(True):
+        params = random_params(12, 9, 2, 3, 2, 4, dtype=jnp.float64)
+        phi = trig(uniform(13, (batch, 9), jnp.float64), 2)
+        plan = mps.plan_contraction(params, batch, method="scan")
+        loss = lambda f: lambda p: jnp.sum(jnp.sin(f(p)[0])) + jnp.sum(f(p)[1])  # noqa: E731
+        got = jax.grad(loss(lambda p: mps.contract_planned(plan, p)))(phi)
+        want = jax.grad(loss(lambda p: mps.contract(params, p, method="scan")))(phi)
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+        assert float(jnp.abs(got).max()) > 1e-3
+
+
 def test_matvec_steps_rule():
     assert [mps._matvec_steps(b, backend="cpu") for b in (1, 4, 5, 256)] == [True, True, False, False]
     assert not mps._matvec_steps(1, backend="gpu")
