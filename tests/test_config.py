@@ -13,6 +13,14 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_quickstart_file_equals_builtin_defaults():
     # The CLI falls back to the built-in defaults when configs/ is absent: they must agree.
     assert load_config(CONFIGS / "quickstart.yaml") == Config()
+    # and its header says every key is spelled out: the same keys as the resolved config
+
+    def keys(tree, prefix=""):
+        return {k for name, v in tree.items()
+                for k in ({prefix + name} | (keys(v, prefix + name + ".") if isinstance(v, dict) else set()))}
+
+    written = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
+    assert keys(written) == keys(yaml.safe_load(dump_yaml(Config())))
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)

@@ -297,8 +297,12 @@ def test_planned_contraction_is_differentiable_in_phi(batch):
 
 
 def test_matvec_steps_rule():
-    assert [mps._matvec_steps(b, backend="cpu") for b in (1, 4, 5, 256)] == [True, True, False, False]
-    assert not mps._matvec_steps(1, backend="gpu")
+    """CPU only, at most 5 samples, and under 4096 site-matrix elements a step (2·χ²·batch)."""
+    assert [mps._matvec_steps(b, 20, backend="cpu") for b in (1, 5, 6, 256)] == [True, True, False, False]
+    assert [mps._matvec_steps(b, 24, backend="cpu") for b in (1, 3, 4)] == [True, True, False]
+    assert [mps._matvec_steps(b, 10, backend="cpu") for b in (5, 6)] == [True, False]
+    assert not mps._matvec_steps(1, 48, backend="cpu")
+    assert not mps._matvec_steps(1, 20, backend="gpu")
 
 
 def test_planned_inputs_refuse_mismatched_shapes():

@@ -624,21 +624,29 @@ def _planned_scan_weights(params: MPSParams, k: int) -> tuple:
     return _lane_weights(_folded_halves(params), k)
 
 
-_MATVEC_MAX_BATCH = 4  # site-matrix steps: faster up to 4 samples, several times slower at 8
+_MATVEC_MAX_BATCH = 5
+_MATVEC_MAX_ELEMENTS = 4096  # 2·χ²·batch site-matrix elements a step's fusion forms
 
 
-def _matvec_steps(batch: int, backend: str | None = None) -> bool:
+def _matvec_steps(batch: int, chi: int, backend: str | None = None) -> bool:
     """Whether a planned scan (fixed cores, inference) steps by site matrix times vector
-    (`mps_sweep._step_matvec`) rather than by a GEMM: on CPU for batches of at most 4 samples.
-    The sweep alone at the fashion_mps student's shape (n 196, d 2, χ 20, two sites per step),
-    `python scripts/sweep_anatomy.py --batch B --functions sweep_matvec,sweep_gemm`, median µs
-    per call, quiet machine, two runs (docs/bench/sweep_anatomy_steps_b*.json holds the second):
-    batch 1: 59–67 against the GEMM steps' 60–76 (p10 44–46 against 51–56); batch 2: 86 against
-    135–139; batch 4: 118–147 against 142–167; batch 8: 1357–1369 against 179–184 (XLA splits
-    the step into 14 operations there, and a loop body of more than 8 operations runs through
-    XLA:CPU's slower dataflow executor).
+    (`mps_sweep._step_matvec`) rather than by a GEMM: on CPU, for at most 5 samples and while a
+    step's site matrices for both lanes (2·χ²·batch elements) stay under 4096.
+
+    Why the element bound: below it XLA:CPU (jax 0.10) keeps the step one fusion (6 operations a
+    loop body); from it on XLA hands the multiply-and-sum to YNNPACK as 10-16 operations, and a
+    body of more than 8 runs through the slower dataflow executor (χ 20, batch 6: 1371 µs against
+    the GEMM steps' 204). Checked for χ 8-64, batches 1-32 (`scripts/sweep_anatomy.py` counts a
+    body's operations). Sweep alone, `python scripts/sweep_anatomy.py --batch B --functions
+    sweep_matvec,sweep_gemm`, median µs, quiet machine, against the GEMM steps:
+      χ 20 (the fashion_mps student; docs/bench/sweep_anatomy_steps_b*.json): batch 1: 59–67 vs
+        60–76 (p10 44–46 vs 51–56); 2: 86 vs 135–139; 4: 118–147 vs 142–167; 5: 135 vs 181;
+      χ 10: batch 1 / 2 / 4: 91 / 70 / 86 vs 93 / 104 / 107; batch 8: 120 vs 113 (not taken);
+      χ 16: batch 1 / 2 / 4: 73 / 94 / 162 vs 82 / 130 / 164;
+      χ 24: batch 1: 98 vs 115; batch 2: 183 vs 163 (taken: 12 % slower there).
     Not measured on accelerators, where the plan takes the tree at small batches anyway."""
-    return (backend or jax.default_backend()) == "cpu" and batch <= _MATVEC_MAX_BATCH
+    return ((backend or jax.default_backend()) == "cpu" and batch <= _MATVEC_MAX_BATCH
+            and 2 * chi * chi * batch < _MATVEC_MAX_ELEMENTS)
 
 
 def _unit_starts(chi: int, like: Array) -> Array:
@@ -718,7 +726,7 @@ def _contract_core(params, phi, arrangement, unroll, method, chunk, sites_per_st
     if method == "scan" and prepared is not None:  # a plan's layout: boundaries folded in
         e0 = _unit_starts(chi, phi[:, 0, 0])
         Lt, Rt, log_l, log_r = _scan_run(prepared, e0, e0, phi[:, :k], phi[:, k:][:, ::-1],
-                                         sites_per_step, unroll, _matvec_steps(batch))
+                                         sites_per_step, unroll, _matvec_steps(batch, chi))
         return _close(params, Lt.T, Rt.T, log_phi, log_l, log_r)
     L, log_l = _normalise(jnp.einsum("bp,pr->br", phi[:, 0], params.first))
     R, log_r = _normalise(jnp.einsum("bp,pl->bl", phi[:, n - 1], params.last))
@@ -848,7 +856,7 @@ def contract_planned(plan: ContractionPlan, phi: Array) -> tuple[Array, Array]:
     """`contract(plan.params, phi, method=plan.method)` with the precomputed core layout:
     the same (z (B, m), log_norm (B,)) for phi (B, n, d), less per-call work (what a
     batch-1 prediction needs; for the scan, the boundaries folded into the sweep and, on CPU up
-    to 4 samples, site-matrix steps: `_matvec_steps`). Differentiable in phi; gradients do not reach the plan's
+    to 5 samples, site-matrix steps: `_matvec_steps`). Differentiable in phi; gradients do not reach the plan's
     prepared layouts' source parameters (it is for inference).
 
     Raises:
@@ -869,7 +877,7 @@ def contract_planned_inputs(plan: ContractionPlan, feature_map, x: Array, site_i
     sweep's step layout, batch minor, and the map is applied there: forming φ (B, n, d) and
     moving it into that layout (transposes with d = 2 minor) took about a third of a batch-256
     prediction (`docs/bench/speed_ii.md`). The boundary sites are steps of the sweep (the plan's
-    folded layout), and on CPU up to 4 samples each step is a site matrix times a vector
+    folded layout), and on CPU for a few samples each step is a site matrix times a vector
     (`_matvec_steps`). Other methods form φ and call `contract_planned`.
     For inference: not meant to be differentiated.
 
@@ -917,7 +925,7 @@ def contract_planned_inputs(plan: ContractionPlan, feature_map, x: Array, site_i
         merged = jnp.stack(rows, axis=-2)
         return merged, jnp.sum(jnp.reshape(logs, (-1, logs.shape[-1])), axis=0)
 
-    # the boundaries are steps of the sweep (the plan's folded layout), from e₀; up to 4 samples
+    # the boundaries are steps of the sweep (the plan's folded layout), from e₀; for a few samples
     # the steps are site matrix times vector (`_matvec_steps`, docs/bench/speed_ii.md)
     lanes, excess, half = _step_sites(n, k, plan.sites_per_step)
     log_phi = p_lanes = p_excess = None
@@ -928,7 +936,7 @@ def contract_planned_inputs(plan: ContractionPlan, feature_map, x: Array, site_i
         log_phi = logs if log_phi is None else log_phi + logs
     e0 = _unit_starts(chi, xt[0])
     Lt, Rt, ls, rs = _sweep_lanes(plan.prepared, e0, e0, p_lanes, p_excess, half, 1,
-                                  _matvec_steps(_static_batch(x.shape[0])))
+                                  _matvec_steps(_static_batch(x.shape[0]), chi))
     return _close(params, Lt.T, Rt.T, log_phi, ls, rs)
 
 
