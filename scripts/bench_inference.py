@@ -16,8 +16,9 @@ warmed up first, then the models are timed interleaved (round robin, one call ea
 for `--rounds` rounds at each batch size, so that machine load hits all of them alike. With --cpu-devices N > 1 every
 model is also timed with its batch split over the N devices ("name[N devices]"), and each
 student's faster path is compared with the teacher's faster path. Reports the median and the
-10th percentile per call, the ratio student / teacher, and `os.getloadavg()` before and after.
-Writes JSON.
+10th percentile per call, the ratio student / teacher (below 1: the student is faster), and
+`os.getloadavg()` before and after; after each batch, one line per student says it in words for
+the planned path (the one `distill predict` uses). Writes JSON.
 
     python scripts/bench_inference.py                         # batch 1 and 256
     python scripts/bench_inference.py --batch 1,64,256 --rounds 400
@@ -45,6 +46,8 @@ from flax import nnx  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 from distill.nn import MPS, TTLinear, inference_copy  # noqa: E402
+from distill.tn.mps import METHODS as MPS_METHODS  # noqa: E402
+from distill.tn.tt import TT_METHODS  # noqa: E402
 from distill.nn.common import stored_plan  # noqa: E402
 from distill.train.sharding import use_cpu_devices  # noqa: E402
 
@@ -197,6 +200,7 @@ def bench(args) -> dict:
         cells = "  ".join(f"{n} {t[n]['median_ms']:.3f} ms (p10 {t[n]['p10_ms']:.3f})" for n in t)
         ratios = "  ".join(f"{n}/teacher {row[f'{n}_over_teacher_median']:.2f}" for n in names[1:])
         print(f"batch {batch:4d}: {cells}  |  {ratios}  load {load_before}", flush=True)
+        print("\n".join(verdicts(row, names)), flush=True)
     return {"params": params, "results": rows}
 
 
@@ -209,6 +213,8 @@ def across_processes(args) -> list:
                "--batch", ",".join(map(str, args.batch)), "--json", f"/tmp/_bench_inf_{os.getpid()}_{i}.json"]
         if args.tt_method:
             cmd += ["--tt-method", args.tt_method]
+        if args.mps_contraction:
+            cmd += ["--mps-contraction", args.mps_contraction]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         res = json.loads(Path(cmd[-1]).read_text())
         Path(cmd[-1]).unlink()
@@ -219,15 +225,40 @@ def across_processes(args) -> list:
     return out
 
 
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each option's default."""
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of whole numbers, e.g. 1,256; got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"batch sizes must be ≥ 1; got {text!r}")
+    return values
+
+
+def verdicts(row: dict, names: list[str]) -> list[str]:
+    """One line per planned student: its time over the teacher's and what that means."""
+    out = []
+    for n in names:
+        if n.endswith("_planned"):
+            r = row[f"{n}_over_teacher_median"]
+            word = "faster than" if r < 1 else ("slower than" if r > 1 else "as fast as")
+            out.append(f"  {n.removesuffix('_planned').upper()} student, as `distill predict` runs it: {r:.2f}× the "
+                       f"teacher's median time at batch {row['batch']} ({word} the teacher)")
+    return out
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--batch", type=lambda s: [int(v) for v in s.split(",")], default=[1, 256],
-                    help="comma list of batch sizes to time")
-    ap.add_argument("--rounds", type=int, default=200, help="interleaved calls per model and batch")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
+    ap.add_argument("--batch", type=_batches, default=[1, 256], help="comma list of batch sizes to time")
+    ap.add_argument("--rounds", type=int, default=200, help="interleaved calls per model and batch (≥ 1)")
     ap.add_argument("--students", default="mps,tt", help="comma list of mps,tt")
-    ap.add_argument("--mps-contraction", default=None, help="force tn.mps.contract's method")
-    ap.add_argument("--tt-method", default=None, help="force tn.tt.tt_matvec's method")
+    ap.add_argument("--mps-contraction", default=None, choices=list(MPS_METHODS),
+                    help="force tn.mps.contract's method")
+    ap.add_argument("--tt-method", default=None, choices=list(TT_METHODS), help="force tn.tt.tt_matvec's method")
     ap.add_argument("--processes", type=int, default=0,
                     help="also repeat the timing in this many fresh processes")
     ap.add_argument("--cpu-devices", type=int, default=1,
@@ -237,6 +268,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.cpu_devices < 1:
         ap.error(f"--cpu-devices must be ≥ 1, got {args.cpu_devices}")
+    if args.rounds < 1:
+        ap.error(f"--rounds must be ≥ 1, got {args.rounds}")
+    unknown = sorted(set(filter(None, args.students.split(","))) - {"mps", "tt"})
+    if unknown:
+        ap.error(f"--students: unknown {', '.join(unknown)}; choose from mps, tt")
     use_cpu_devices(args.cpu_devices)  # before the first JAX computation
     env = {"jax_version": jax.__version__, "backend": jax.default_backend(),
            "cpu_count": os.cpu_count(), "platform": platform.platform(),
@@ -249,8 +285,15 @@ def main(argv=None) -> int:
         out["processes"] = across_processes(args)
     out["load_avg_end"] = load_avg()
     path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(out, indent=2))
+        tmp.replace(path)
+    except OSError as err:
+        print(f"bench_inference.py: cannot write {path} ({err.strerror or err}); choose another --json",
+              file=sys.stderr)
+        return 1
     print(f"wrote {path}")
     return 0
 

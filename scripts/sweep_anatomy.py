@@ -10,8 +10,9 @@ call, jitted:
   null            a jitted function of the same arguments that returns at once: dispatch only
   student         the whole planned student from the 784 pixels (pooling, features, sweep, close)
   sweep_matvec    the sweep with site-matrix steps (`mps_sweep._step_matvec`: what the plan uses
-                  on CPU up to 4 samples), on unit start vectors and features of the student's shapes
-  sweep_gemm      the sweep with GEMM steps (`mps_sweep._step`: the plan's choice above 4 samples)
+                  on CPU for a few samples, `tn.mps._matvec_steps`), on unit start vectors and
+                  features of the student's shapes
+  sweep_gemm      the sweep with GEMM steps (`mps_sweep._step`: the plan's choice otherwise)
   gemm_fixed_w    the GEMM sweep with the first step's matrices at every step: no per-step slice
                   of the stacked step matrices, so (sweep_gemm − gemm_fixed_w) is what copying
                   each step's slice out of the stack costs the GEMM steps
@@ -23,7 +24,7 @@ after another, and any other body through its dataflow executor, which costs mor
 see docs/bench/speed_ii.md ("Inference at batch 1: where the MPS student's time goes").
 
     python scripts/sweep_anatomy.py                    # batch 1, 3000 rounds
-    python scripts/sweep_anatomy.py --batch 256 --rounds 500
+    python scripts/sweep_anatomy.py --batch 4 --rounds 2000
     python scripts/sweep_anatomy.py --functions sweep_matvec,sweep_gemm --rounds 8000   # the two step forms alone
 """
 
@@ -49,6 +50,10 @@ from bench_inference import MPSStudent, jitted, load_avg  # noqa: E402
 from distill.nn import inference_copy  # noqa: E402
 from distill.tn import mps as mps_lib  # noqa: E402
 from distill.tn import mps_sweep  # noqa: E402
+
+
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each option's default."""
 
 
 FUNCTIONS = ("null", "student", "sweep_matvec", "sweep_gemm", "gemm_fixed_w", "loop_only")
@@ -140,8 +145,7 @@ def time_interleaved(fns: dict, rounds: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
     ap.add_argument("--batch", type=int, default=1, help="batch size of the prediction")
     ap.add_argument("--rounds", type=int, default=3000, help="interleaved calls per function")
     ap.add_argument("--functions", default=",".join(FUNCTIONS),
@@ -149,8 +153,9 @@ def main(argv=None) -> int:
                     "functions, warmer caches)")
     ap.add_argument("--json", default="bench_results/sweep_anatomy.json", help="where to write the JSON results")
     args = ap.parse_args(argv)
-    if args.batch < 1 or args.rounds < 1:
-        ap.error("--batch and --rounds must be ≥ 1")
+    for name in ("batch", "rounds"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be ≥ 1, got {getattr(args, name)}")
     chosen = [f for f in args.functions.split(",") if f]
     unknown = sorted(set(chosen) - set(FUNCTIONS))
     if unknown or not chosen:
@@ -181,10 +186,14 @@ def main(argv=None) -> int:
            "rounds": args.rounds, **shape, "loop_body_thunks": thunks, "timing": t,
            "us_per_step_p10": per_step, "gemm_slice_copy_us_per_step_p10": copy}
     path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(out, indent=2))
+        tmp.replace(path)
+    except OSError as err:
+        print(f"sweep_anatomy.py: cannot write {path} ({err.strerror or err}); choose another --json", file=sys.stderr)
+        return 1
     print(f"wrote {path}")
     return 0
 
