@@ -75,3 +75,22 @@ def test_sweep_anatomy_counts_loop_body_operations_and_runs(tmp_path):
     assert res["steps"] == 49 and res["lanes"] == 2 and res["step_k"] == 80
     assert set(res["loop_body_thunks"]) == {"sweep_matvec", "sweep_gemm"}
     assert "thunks in the loop body" in stdout
+
+
+def test_bench_inference_says_which_is_faster_and_refuses_bad_options():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench_inference as bi
+    finally:
+        sys.path.pop(0)
+    row = {"batch": 1, "mps_planned_over_teacher_median": 0.85, "tt_planned_over_teacher_median": 1.2,
+           "mps_over_teacher_median": 4.0}
+    lines = bi.verdicts(row, ["teacher", "mps", "mps_planned", "tt_planned"])
+    assert len(lines) == 2
+    assert "MPS student" in lines[0] and "0.85×" in lines[0] and "faster than the teacher" in lines[0]
+    assert "TT student" in lines[1] and "slower than the teacher" in lines[1]
+    for bad, msg in ((["--batch", "0"], "must be ≥ 1"), (["--batch", "1,"], "comma list"),
+                     (["--students", "foo"], "unknown foo"), (["--rounds", "0"], "--rounds must be")):
+        proc = subprocess.run([sys.executable, "scripts/bench_inference.py", *bad], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2 and msg in proc.stderr and "Traceback" not in proc.stderr
