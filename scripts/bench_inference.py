@@ -225,8 +225,8 @@ def across_processes(args) -> list:
     return out
 
 
-class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and each option's default."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each option's default (the benchmark scripts' --help)."""
 
 
 def _batches(text: str) -> list[int]:
@@ -252,7 +252,7 @@ def verdicts(row: dict, names: list[str]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--batch", type=_batches, default=[1, 256], help="comma list of batch sizes to time")
     ap.add_argument("--rounds", type=int, default=200, help="interleaved calls per model and batch (≥ 1)")
     ap.add_argument("--students", default="mps,tt", help="comma list of mps,tt")
@@ -284,15 +284,20 @@ def main(argv=None) -> int:
     if args.processes:
         out["processes"] = across_processes(args)
     out["load_avg_end"] = load_avg()
-    path = Path(args.json)
+    return write_results(args.json, out, "bench_inference.py")
+
+
+def write_results(path: str | Path, out: dict, prog: str) -> int:
+    """Write `out` as JSON to `path` through a temporary file and a rename; 0, or 1 with a one-line
+    error when the folder cannot be written (the benchmark scripts' exit status)."""
+    path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(out, indent=2))
         tmp.replace(path)
     except OSError as err:
-        print(f"bench_inference.py: cannot write {path} ({err.strerror or err}); choose another --json",
-              file=sys.stderr)
+        print(f"{prog}: cannot write {path} ({err.strerror or err}); choose another --json", file=sys.stderr)
         return 1
     print(f"wrote {path}")
     return 0

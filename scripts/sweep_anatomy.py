@@ -31,7 +31,6 @@ see docs/bench/speed_ii.md ("Inference at batch 1: where the MPS student's time 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -46,14 +45,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench_inference import MPSStudent, jitted, load_avg  # noqa: E402
+from bench_inference import HelpFormatter, MPSStudent, jitted, load_avg, write_results  # noqa: E402
 from distill.nn import inference_copy  # noqa: E402
 from distill.tn import mps as mps_lib  # noqa: E402
 from distill.tn import mps_sweep  # noqa: E402
-
-
-class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and each option's default."""
 
 
 FUNCTIONS = ("null", "student", "sweep_matvec", "sweep_gemm", "gemm_fixed_w", "loop_only")
@@ -145,7 +140,7 @@ def time_interleaved(fns: dict, rounds: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--batch", type=int, default=1, help="batch size of the prediction")
     ap.add_argument("--rounds", type=int, default=3000, help="interleaved calls per function")
     ap.add_argument("--functions", default=",".join(FUNCTIONS),
@@ -185,17 +180,7 @@ def main(argv=None) -> int:
            "cpu_count": os.cpu_count(), "load_avg_before": load_before, "load_avg_after": load_avg(),
            "rounds": args.rounds, **shape, "loop_body_thunks": thunks, "timing": t,
            "us_per_step_p10": per_step, "gemm_slice_copy_us_per_step_p10": copy}
-    path = Path(args.json)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(out, indent=2))
-        tmp.replace(path)
-    except OSError as err:
-        print(f"sweep_anatomy.py: cannot write {path} ({err.strerror or err}); choose another --json", file=sys.stderr)
-        return 1
-    print(f"wrote {path}")
-    return 0
+    return write_results(args.json, out, "sweep_anatomy.py")
 
 
 if __name__ == "__main__":
