@@ -65,7 +65,8 @@ def load_student(run_dir: str | Path):
     """The trained student of a run folder as an nnx module: raw pixels (N, H*W) in [0, 1] of the
     run dataset's size → logits (N, classes). For repeated predictions use
     `distill.nn.inference_copy(student, batch)` (what `distill predict` runs): the same outputs with
-    the weights' layouts formed once — the Fashion MPS student is 4× faster that way at batch 1."""
+    the weights' layouts formed once — the Fashion MPS student is 5.6× faster that way at batch 1
+    (`docs/bench/bench_inference.json`)."""
     from distill.students.store import load_student as _load
 
     return _load(run_dir)
