@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
+from distill.io import write_json  # noqa: E402
 from distill.nn import MPS, TTLinear, inference_copy  # noqa: E402
 from distill.tn.mps import METHODS as MPS_METHODS  # noqa: E402
 from distill.tn.tt import TT_METHODS  # noqa: E402
@@ -288,14 +289,12 @@ def main(argv=None) -> int:
 
 
 def write_results(path: str | Path, out: dict, prog: str) -> int:
-    """Write `out` as JSON to `path` through a temporary file and a rename; 0, or 1 with a one-line
+    """Write `out` as JSON to `path` (`distill.io.write_json`: atomic); 0, or 1 with a one-line
     error when the folder cannot be written (the benchmark scripts' exit status)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(out, indent=2))
-        tmp.replace(path)
+        write_json(path, out)
     except OSError as err:
         print(f"{prog}: cannot write {path} ({err.strerror or err}); choose another --json", file=sys.stderr)
         return 1

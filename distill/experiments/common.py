@@ -4,7 +4,6 @@ training the student through its phases, and measuring it against the teacher.""
 from __future__ import annotations
 
 import dataclasses
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable

@@ -9,7 +9,13 @@ non-finite numbers are written as null.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from distill.errors import DistillError
 
 __all__ = ["TeacherResult", "StudentResult", "RunResults", "read_finished_runs"]
 
@@ -68,13 +74,6 @@ def read_finished_runs(folder) -> list[tuple]:
     has both files, and its results give the student's family, accuracy and parameters and the
     teacher's accuracy and parameters. Raises DistillError for none, an unreadable file, or a run
     without those records."""
-    import json
-    from pathlib import Path
-
-    import yaml
-
-    from distill.errors import DistillError
-
     folder = Path(folder)
     runs = sorted(p for p in folder.iterdir() if (p / "results.json").is_file() and (p / "config.yaml").is_file())
     if not runs:

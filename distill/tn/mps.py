@@ -515,14 +515,17 @@ def _prenormalise(phi: Array) -> tuple[Array, Array]:
 
 def _scale_features(phi: Array, axis: int) -> tuple[Array, Array]:
     """φ / max_p |φ_p| over the physical `axis`, and log max_p |φ_p| (0 for a zero φ) per vector."""
-    parts = [jnp.abs(jnp.take(phi, p, axis=axis)) for p in range(phi.shape[axis])]
-    top = parts[0]
-    for part in parts[1:]:  # elementwise, not a reduce: fuses with its consumers
-        top = jnp.maximum(top, part)
+    inv, logs = _component_scales([jnp.take(phi, p, axis=axis) for p in range(phi.shape[axis])])
+    return phi * jnp.expand_dims(inv, axis), logs
+
+
+def _component_scales(parts: list) -> tuple[Array, Array]:
+    """The components φ_p of feature vectors, as separate arrays of one shape → (1 / max_p |φ_p|,
+    log max_p |φ_p|), both 0 where φ = 0. Elementwise, not a reduce: fuses with its consumers."""
+    top = functools.reduce(jnp.maximum, [jnp.abs(part) for part in parts])
     ok = top > 0
     safe = jnp.where(ok, top, 1.0)
-    inv = jnp.where(ok, 1.0 / safe, 0.0)
-    return phi * jnp.expand_dims(inv, axis), jnp.where(ok, jnp.log(safe), 0.0)
+    return jnp.where(ok, 1.0 / safe, 0.0), jnp.where(ok, jnp.log(safe), 0.0)
 
 
 def _pad_cores(cores: Array, length: int) -> Array:
@@ -910,12 +913,8 @@ def contract_planned_inputs(plan: ContractionPlan, feature_map, x: Array, site_i
         if np.any(slots < 0):  # identity sites read e_0 (`_pad_cores`)
             pad = jnp.asarray(slots < 0)[..., None]
             comps = [jnp.where(pad, 1.0 if p == 0 else 0.0, c) for p, c in enumerate(comps)]
-        top = functools.reduce(jnp.maximum, [jnp.abs(c) for c in comps])  # as `_scale_features`
-        ok = top > 0
-        safe = jnp.where(ok, top, 1.0)
-        inv = jnp.where(ok, 1.0 / safe, 0.0)
+        inv, logs = _component_scales(comps)  # (..., K, B), as `_scale_features`
         comps = [c * inv for c in comps]
-        logs = jnp.where(ok, jnp.log(safe), 0.0)  # (..., K, B)
         rows = []
         for idx in np.ndindex(*(d,) * slots.shape[-1]):  # φ_{s1} ⊗ … ⊗ φ_{sK}, s1 slowest (`merge_features`)
             term = comps[idx[0]][..., 0, :]
