@@ -246,7 +246,7 @@ def verdicts(row: dict, names: list[str]) -> list[str]:
     for n in names:
         if n.endswith("_planned"):
             r = row[f"{n}_over_teacher_median"]
-            word = "faster than" if r < 1 else ("slower than" if r > 1 else "as fast as")
+            word = "as fast as" if f"{r:.2f}" == "1.00" else ("faster than" if r < 1 else "slower than")
             out.append(f"  {n.removesuffix('_planned').upper()} student, as `distill predict` runs it: {r:.2f}× the "
                        f"teacher's median time at batch {row['batch']} ({word} the teacher)")
     return out
@@ -271,9 +271,13 @@ def main(argv=None) -> int:
         ap.error(f"--cpu-devices must be ≥ 1, got {args.cpu_devices}")
     if args.rounds < 1:
         ap.error(f"--rounds must be ≥ 1, got {args.rounds}")
-    unknown = sorted(set(filter(None, args.students.split(","))) - {"mps", "tt"})
-    if unknown:
-        ap.error(f"--students: unknown {', '.join(unknown)}; choose from mps, tt")
+    if args.processes < 0:
+        ap.error(f"--processes must be ≥ 0, got {args.processes}")
+    chosen = set(filter(None, args.students.split(",")))
+    if not chosen:
+        ap.error("--students: give mps, tt or mps,tt")
+    if chosen - {"mps", "tt"}:
+        ap.error(f"--students: unknown {', '.join(sorted(chosen - {'mps', 'tt'}))}; choose from mps, tt")
     use_cpu_devices(args.cpu_devices)  # before the first JAX computation
     env = {"jax_version": jax.__version__, "backend": jax.default_backend(),
            "cpu_count": os.cpu_count(), "platform": platform.platform(),

@@ -165,3 +165,21 @@ def test_latencies_say_per_batch_and_per_sample_with_units(tmp_path):
     assert "ms per batch" in report and "µs per sample" in report
     hist = r["student"]["histories"]["student (KD)"]
     assert hist["best_epoch"] >= 1  # epochs count from 1 everywhere
+
+
+def test_report_states_the_latency_ratio_and_a_resumed_wall_time():
+    from distill.report.markdown import _latency_ratio, results_table
+
+    assert _latency_ratio({"1": 0.1, "256": 2.0}, {"1": 0.08, "256": 2.5}) == \
+        "0.80× (faster) / 1.25× (slower) at batch 1 / 256"
+    assert _latency_ratio({"1": 0.1, "256": 2.0}, {"1": 0.1004, "256": 2.0}).startswith("1.00× (as fast)")
+    assert _latency_ratio(None, {"1": 0.1, "256": 2.0}) == "–"
+    results = {"teacher": {"accuracy": 0.9, "params": 10, "latency_ms": {"1": 0.1, "256": 2.0}},
+               "student": {"accuracy": 0.8, "params": 5, "agreement": 0.9, "kl": 0.1,
+                           "latency_ms": {"1": 0.05, "256": 1.0}},
+               "compression_ratio": 2.0, "accuracy_drop_pts": 10.0, "lossless": False, "wall_time_s": 42.5,
+               "resumed": True}
+    rows = dict(results_table(results))
+    assert rows["student / teacher latency"] == "0.50× (faster) / 0.50× (faster) at batch 1 / 256"
+    assert rows["wall time"] == "42.5 s (resumed: with the earlier parts)"
+    assert dict(results_table({**results, "resumed": False}))["wall time"] == "42.5 s"

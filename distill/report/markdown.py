@@ -40,8 +40,23 @@ def results_table(results: dict) -> list[tuple[str, str]]:
         ("lossless (drop ≤ 1 pt)", "yes" if results["lossless"] else "no"),
         ("teacher latency, batch 1 / 256", _latency(t["latency_ms"])),
         ("student latency, batch 1 / 256", _latency(s["latency_ms"])),
-        ("wall time", f"{results['wall_time_s']:.1f} s"),
+        ("student / teacher latency", _latency_ratio(t["latency_ms"], s["latency_ms"])),
+        ("wall time", f"{results['wall_time_s']:.1f} s"
+                      + (" (resumed: with the earlier parts)" if results.get("resumed") else "")),
     ]
+
+
+def _latency_ratio(teacher: dict | None, student: dict | None) -> str:
+    """Student over teacher median latency per batch size, and what it says (timed one after the
+    other in the run, 20 calls each: for a careful comparison use scripts/bench_inference.py)."""
+    if not teacher or not student:
+        return "–"
+
+    def word(r: float) -> str:
+        return "as fast" if f"{r:.2f}" == "1.00" else ("faster" if r < 1 else "slower")
+
+    ratios = {b: student[b] / teacher[b] for b in ("1", "256")}
+    return " / ".join(f"{r:.2f}× ({word(r)})" for r in ratios.values()) + " at batch 1 / 256"
 
 
 def stage_rows(results: dict) -> list[tuple[str, str]]:
